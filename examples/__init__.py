@@ -1,0 +1,1 @@
+"""Example models for fxopt, written in plain PyTorch (not installed with the package)."""

@@ -1,0 +1,49 @@
+"""Runs inside `import torch` (entry point group `torch.backends`): with FXOPT=1, plain
+`torch.compile(model)` goes through fxopt's partitioner.
+
+This module must stay cheap and must never make `import torch` fail: without FXOPT it returns
+before importing anything, and any failure becomes a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+
+def activate() -> None:
+    if os.environ.get("FXOPT", "").strip() in ("", "0"):
+        return
+    # A failure here must not break `import torch` for an unrelated script: report it instead.
+    try:
+        _install()
+    except Exception as err:  # noqa: BLE001 - reported in full below, import continues
+        warnings.warn(f"fxopt: FXOPT is set but fxopt could not be enabled: {err!r}; "
+                      "torch.compile runs without fxopt.", RuntimeWarning, stacklevel=2)
+
+
+# NOTE [Environment activation]
+# `torch.compile(model)` uses the Inductor backend, which partitions joint graphs with
+# `torch._inductor.config.custom_partitioner_fn` when it is set. The hook sets it at import
+# time, unless the user already set their own. Bad FXOPT_* values must not break `import torch`,
+# so they install a partitioner that raises the error at the first training compile, where the
+# user sees it, and a warning is printed right away.
+def _install() -> None:
+    import torch._inductor.config as inductor_config
+
+    from fxopt.config import Options, OptionsError, env_enabled
+    from fxopt.env_partitioner import InvalidEnvironmentPartitioner
+    from fxopt.partition import FxoptPartitioner
+
+    partitioner: FxoptPartitioner | InvalidEnvironmentPartitioner
+    try:
+        if not env_enabled():
+            return
+        partitioner = FxoptPartitioner(Options.from_env())
+    except OptionsError as err:
+        print(f"fxopt: {err}", file=sys.stderr)
+        partitioner = InvalidEnvironmentPartitioner(err)
+    if inductor_config.custom_partitioner_fn is None:
+        inductor_config.custom_partitioner_fn = partitioner
+

@@ -1,0 +1,108 @@
+"""fxopt's partition function: the hook Inductor calls with the joint forward-backward graph.
+
+Inductor runs its joint-graph passes, then calls `config.custom_partitioner_fn(joint_gm,
+joint_inputs, num_fwd_outputs=..., ...)` and compiles the forward and backward graphs it returns.
+`FxoptPartitioner` is that object. Each call leaves a `CompileRecord` (see `fxopt.records`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch._functorch.partitioners import min_cut_rematerialization_partition
+from torch._inductor.custom_graph_pass import CustomPartitionerFn
+
+from fxopt.config import Options
+from fxopt.records import CompileRecord, SavedTensor, Stage, add_record
+
+log = logging.getLogger("fxopt")
+
+_PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+@functools.lru_cache(maxsize=1)
+def source_fingerprint() -> str:
+    """A hash of fxopt's own source files: a changed pass must never hit a stale compile cache."""
+    digest = hashlib.sha256()
+    for path in sorted(_PACKAGE_ROOT.rglob("*.py")):
+        digest.update(str(path.relative_to(_PACKAGE_ROOT)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+# NOTE [Compile caches]
+# Inductor's FX graph cache and AOTAutograd's cache key a compiled graph by, among other things,
+# `custom_partitioner_fn.uuid()`. On a cache hit the partitioner is not called at all. If the
+# uuid did not change with fxopt's source or with any option, a second run with another budget
+# (or after plain torch.compile populated the cache) would silently reuse a graph fxopt never
+# saw. The uuid therefore folds in the source fingerprint, every option and torch's version.
+class FxoptPartitioner(CustomPartitionerFn):
+    """Partitions the joint graph under fxopt's options and records what it did."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def uuid(self) -> str:
+        return hashlib.sha256(
+            f"fxopt|{source_fingerprint()}|{self.options.cache_key()}|{torch.__version__}".encode()
+        ).hexdigest()
+
+    def __call__(self, gm: fx.GraphModule, joint_inputs: Any, **kwargs: Any
+                 ) -> tuple[fx.GraphModule, fx.GraphModule]:
+        start = time.perf_counter()
+        stages: list[Stage] = []
+        fallback_reason = None
+        strategy = "min-cut"
+        t0 = time.perf_counter()
+        # Until the planner decides, the partition is PyTorch's min-cut; the record is real.
+        fwd, bwd = min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
+        stages.append(Stage("partition", time.perf_counter() - t0))
+        record = _make_record(self.options, gm, fwd, bwd, strategy, fallback_reason,
+                              time.perf_counter() - start, stages)
+        record = add_record(record)
+        if self.options.debug:
+            log.info("%s", record.summary())
+        return fwd, bwd
+
+
+def _hint(value: Any) -> int:
+    if isinstance(value, torch.SymInt):
+        return int(value.node.hint) if value.node.has_hint() else int(value.node.expr.subs({}))
+    return int(value)
+
+
+def _saved_tensors(bwd: fx.GraphModule) -> tuple[SavedTensor, ...]:
+    saved = []
+    for node in bwd.graph.find_nodes(op="placeholder"):
+        val = node.meta.get("val")
+        if node.name.startswith("tangents") or not isinstance(val, torch.Tensor):
+            continue
+        shape = tuple(str(d) for d in val.shape)
+        numel = 1
+        for d in val.shape:
+            numel *= _hint(d)
+        saved.append(SavedTensor(node.name, shape, str(val.dtype).removeprefix("torch."),
+                                 numel * val.element_size()))
+    return tuple(saved)
+
+
+def _count_ops(gm: fx.GraphModule) -> int:
+    return sum(1 for n in gm.graph.nodes if n.op == "call_function")
+
+
+def _make_record(options: Options, joint: fx.GraphModule, fwd: fx.GraphModule,
+                 bwd: fx.GraphModule, strategy: str, fallback_reason: str | None,
+                 seconds: float, stages: list[Stage]) -> CompileRecord:
+    saved = _saved_tensors(bwd)
+    return CompileRecord(
+        options=options, strategy=strategy, fallback_reason=fallback_reason,
+        joint_ops=_count_ops(joint), forward_ops=_count_ops(fwd), backward_ops=_count_ops(bwd),
+        saved=saved, saved_bytes=sum(s.nbytes for s in saved), seconds=seconds,
+        stages=tuple(stages), forward_graph=fwd, backward_graph=bwd)
