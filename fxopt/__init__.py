@@ -16,8 +16,8 @@ _EXPORTS = {
     "Budget": "fxopt.config",
     "LowBit": "fxopt.config",
     "DeviceProfile": "fxopt.config",
-    "backend": "fxopt.backend",
-    "FxoptBackend": "fxopt.backend",
+    "backend": "fxopt.compiler",
+    "FxoptBackend": "fxopt.compiler",
     "CompileRecord": "fxopt.records",
     "compile_records": "fxopt.records",
     "clear_records": "fxopt.records",
@@ -27,7 +27,7 @@ __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from fxopt.backend import FxoptBackend, backend
+    from fxopt.compiler import FxoptBackend, backend
     from fxopt.config import Budget, DeviceProfile, LowBit, Options, OptionsError
     from fxopt.records import CompileRecord, clear_records, compile_records
 

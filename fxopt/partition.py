@@ -48,6 +48,8 @@ class FxoptPartitioner(CustomPartitionerFn):
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        if options.debug:
+            _enable_debug_logging()
 
     def uuid(self) -> str:
         return hashlib.sha256(
@@ -70,6 +72,16 @@ class FxoptPartitioner(CustomPartitionerFn):
         if self.options.debug:
             log.info("%s", record.summary())
         return fwd, bwd
+
+
+def _enable_debug_logging() -> None:
+    """FXOPT_DEBUG / debug=True: one INFO line per graph on stderr unless logging is configured."""
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[fxopt] %(message)s"))
+        log.addHandler(handler)
+    if log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)
 
 
 def _hint(value: Any) -> int:

@@ -19,7 +19,8 @@ def step(model: nn.Module, loss_fn: LossFn, batch: tuple[torch.Tensor, ...], see
     torch.manual_seed(seed)
     loss = loss_fn(model, batch)
     loss.backward()
-    grads = {name: p.grad.detach().clone() for name, p in model.named_parameters()
+    grads = {name.replace("_orig_mod.", ""): p.grad.detach().clone()
+             for name, p in model.named_parameters()
              if p.grad is not None}
     return loss.detach(), grads
 
