@@ -108,7 +108,8 @@ class GPT(nn.Module):
 
 def synthetic_batch(cfg: GPTConfig, batch: int, generator: torch.Generator | None = None,
                     device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """A learnable toy task: each next token is the running sum of the previous ones mod vocab."""
-    x = torch.randint(0, cfg.vocab_size, (batch, cfg.block_size + 1), generator=generator)
-    y = torch.cumsum(x, dim=1) % cfg.vocab_size
-    return y[:, :-1].contiguous().to(device), y[:, 1:].contiguous().to(device)
+    """A learnable toy task: arithmetic progressions mod vocab (random start, stride 1..4)."""
+    start = torch.randint(0, cfg.vocab_size, (batch, 1), generator=generator)
+    stride = torch.randint(1, 5, (batch, 1), generator=generator)
+    seq = (start + stride * torch.arange(cfg.block_size + 1)) % cfg.vocab_size
+    return seq[:, :-1].contiguous().to(device), seq[:, 1:].contiguous().to(device)

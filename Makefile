@@ -1,0 +1,30 @@
+# Quick start: `make demo` and `make test` each create .venv and install what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build by default. With a CUDA machine: make TORCH=torch (or any pip requirement).
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.fxopt-installed
+
+.PHONY: install demo test test-all bench bench-quick clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first and explicitly, so that no later requirement resolves another (CUDA) build.
+	$(PY) -m pip install --disable-pip-version-check -q "$(TORCH)"
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,triton]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	MALLOC_MMAP_THRESHOLD_=65536 $(PY) -m examples.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ""
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
