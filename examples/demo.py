@@ -69,8 +69,8 @@ def main() -> None:
     base = run("torch.compile", "inductor", cfg, batch, args.steps)
     ours = run(f"fxopt {args.budget}", fxopt.backend(budget=args.budget), cfg, batch, args.steps)
     print("\nWhat fxopt did:")
-    for record in fxopt.compile_records():
-        print(" ", record.summary())
+    for report in fxopt.reports():
+        print(" ", report.summary())
     change = (ours["peak"] - base["peak"]) / base["peak"] * 100
     print(f"\nmeasured peak: torch.compile {format_bytes(base['peak'])}, fxopt "
           f"{format_bytes(ours['peak'])} ({change:+.1f}%)")

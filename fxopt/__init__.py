@@ -1,6 +1,7 @@
 """fxopt: train under a memory budget with torch.compile.
 
-Public surface: `fxopt.backend(**options)`, `fxopt.Options`, `fxopt.compile_records()`.
+Public surface: `fxopt.backend(**options)`, `fxopt.Options`, `fxopt.last_report()`,
+`fxopt.reports()`.
 `torch.compile(model, backend="fxopt")` works without importing this package.
 """
 
@@ -17,10 +18,12 @@ _EXPORTS = {
     "LowBit": "fxopt.config",
     "DeviceProfile": "fxopt.config",
     "backend": "fxopt.compiler",
+    "explain": "fxopt.explainer",
     "FxoptBackend": "fxopt.compiler",
-    "CompileRecord": "fxopt.records",
-    "compile_records": "fxopt.records",
-    "clear_records": "fxopt.records",
+    "Report": "fxopt.report",
+    "reports": "fxopt.records",
+    "last_report": "fxopt.records",
+    "clear_reports": "fxopt.records",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -29,7 +32,9 @@ __version__ = "0.1.0"
 if TYPE_CHECKING:
     from fxopt.compiler import FxoptBackend, backend
     from fxopt.config import Budget, DeviceProfile, LowBit, Options, OptionsError
-    from fxopt.records import CompileRecord, clear_records, compile_records
+    from fxopt.explainer import explain
+    from fxopt.records import clear_reports, last_report, reports
+    from fxopt.report import Report
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,7 @@
 
 Inductor runs its joint-graph passes, then calls `config.custom_partitioner_fn(joint_gm,
 joint_inputs, num_fwd_outputs=..., ...)` and compiles the forward and backward graphs it returns.
-`FxoptPartitioner` is that object. Each call leaves a `CompileRecord` (see `fxopt.records`).
+`FxoptPartitioner` is that object. Each call leaves a `Report` (see `fxopt.records`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from torch._functorch.partitioners import min_cut_rematerialization_partition
 from torch._inductor.custom_graph_pass import CustomPartitionerFn
 
 from fxopt.config import Options
-from fxopt.records import CompileRecord, SavedTensor, Stage, add_record
+from fxopt.records import add_report
+from fxopt.report import Report, SavedTensor, Stage
 
 log = logging.getLogger("fxopt")
 
@@ -58,20 +59,30 @@ class FxoptPartitioner(CustomPartitionerFn):
 
     def __call__(self, gm: fx.GraphModule, joint_inputs: Any, **kwargs: Any
                  ) -> tuple[fx.GraphModule, fx.GraphModule]:
-        start = time.perf_counter()
-        stages: list[Stage] = []
-        fallback_reason = None
-        strategy = "min-cut"
-        t0 = time.perf_counter()
-        # Until the planner decides, the partition is PyTorch's min-cut; the record is real.
-        fwd, bwd = min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
-        stages.append(Stage("partition", time.perf_counter() - t0))
-        record = _make_record(self.options, gm, fwd, bwd, strategy, fallback_reason,
-                              time.perf_counter() - start, stages)
-        record = add_record(record)
+        fwd, bwd, report = partition_joint(gm, joint_inputs, self.options, **kwargs)
+        report = add_report(report)
         if self.options.debug:
-            log.info("%s", record.summary())
+            log.info("%s", report.summary())
         return fwd, bwd
+
+
+def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, **kwargs: Any
+                    ) -> tuple[fx.GraphModule, fx.GraphModule, Report]:
+    """Partitions one joint graph under `options`; returns both halves and the report."""
+    start = time.perf_counter()
+    stages: list[Stage] = []
+    t0 = time.perf_counter()
+    # Until the planner decides, the partition is PyTorch's min-cut; the report is real.
+    fwd, bwd = min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
+    stages.append(Stage("partition", time.perf_counter() - t0))
+    saved = _saved_tensors(bwd)
+    report = Report(
+        options=options, strategy="min-cut", fallback_reason=None, plan=None, peak_bytes=None,
+        baseline_peak_bytes=None, budget_bytes=None, solve_seconds=0.0,
+        joint_ops=_count_ops(gm), forward_ops=_count_ops(fwd), backward_ops=_count_ops(bwd),
+        saved=saved, seconds=time.perf_counter() - start, stages=tuple(stages),
+        forward_graph=fwd, backward_graph=bwd)
+    return fwd, bwd, report
 
 
 def _enable_debug_logging() -> None:
@@ -107,14 +118,3 @@ def _saved_tensors(bwd: fx.GraphModule) -> tuple[SavedTensor, ...]:
 
 def _count_ops(gm: fx.GraphModule) -> int:
     return sum(1 for n in gm.graph.nodes if n.op == "call_function")
-
-
-def _make_record(options: Options, joint: fx.GraphModule, fwd: fx.GraphModule,
-                 bwd: fx.GraphModule, strategy: str, fallback_reason: str | None,
-                 seconds: float, stages: list[Stage]) -> CompileRecord:
-    saved = _saved_tensors(bwd)
-    return CompileRecord(
-        options=options, strategy=strategy, fallback_reason=fallback_reason,
-        joint_ops=_count_ops(joint), forward_ops=_count_ops(fwd), backward_ops=_count_ops(bwd),
-        saved=saved, saved_bytes=sum(s.nbytes for s in saved), seconds=seconds,
-        stages=tuple(stages), forward_graph=fwd, backward_graph=bwd)

@@ -16,7 +16,7 @@ def _fresh_dynamo():
     import fxopt
 
     torch._dynamo.reset()
-    fxopt.clear_records()
+    fxopt.clear_reports()
     yield
     torch._dynamo.reset()
 

@@ -36,7 +36,7 @@ def test_gpt_with_dropout_matches_eager(eager_rng):
     compiled = torch.compile(twin(model), backend="fxopt")  # by entry-point name
     for seed in (0, 1):  # a second step reuses the compiled graph with fresh dropout masks
         assert_step_matches(model, compiled, gpt_loss, batch, seed=seed)
-    records = fxopt.compile_records()
+    records = fxopt.reports()
     assert len(records) == 1
     assert records[0].saved and records[0].forward_ops > 0 and records[0].backward_ops > 0
 
@@ -59,7 +59,7 @@ def test_fno_matches_eager():
     x, y = fno.synthetic_batch(2, 24, torch.Generator().manual_seed(3))
     compiled = torch.compile(twin(model), backend=fxopt.backend(budget=0.5))
     assert_step_matches(model, compiled, lambda m, b: F.mse_loss(m(b[0]), b[1]), (x, y))
-    assert fxopt.compile_records()[0].options.budget == fxopt.Budget(fraction=0.5)
+    assert fxopt.reports()[0].options.budget == fxopt.Budget(fraction=0.5)
 
 
 def test_cnn_with_batchnorm_and_dynamic_batch_matches_eager():
@@ -77,7 +77,7 @@ def test_cnn_with_batchnorm_and_dynamic_batch_matches_eager():
     # Batch-norm running statistics were updated the same way.
     for (name, b_e), b_c in zip(model.named_buffers(), compiled_model.buffers()):
         torch.testing.assert_close(b_c, b_e, rtol=1e-4, atol=1e-5, msg=name)
-    records = fxopt.compile_records()
+    records = fxopt.reports()
     assert len(records) == 1, "a dynamic batch dimension must not recompile"
     assert any(not dim.isdigit() for s in records[0].saved for dim in s.shape), \
         "saved tensors should carry the symbolic batch dimension"
@@ -101,7 +101,7 @@ def test_graph_break_gives_two_planned_graphs():
     compiled = torch.compile(twin(model), backend=fxopt.backend(budget="1MiB", debug=True))
     x = torch.randn(8, 16)
     assert_step_matches(model, compiled, lambda m, b: m(b[0]).square().mean(), (x,))
-    assert len(fxopt.compile_records()) == 2
+    assert len(fxopt.reports()) == 2
 
 
 def test_options_through_torch_compile_options():
@@ -109,7 +109,7 @@ def test_options_through_torch_compile_options():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     compiled = torch.compile(twin(model), backend="fxopt", options={"budget": 0.7})
     assert_step_matches(model, compiled, lambda m, b: m(b[0]).sum(), (torch.randn(3, 4),))
-    assert fxopt.compile_records()[0].options.budget == fxopt.Budget(fraction=0.7)
+    assert fxopt.reports()[0].options.budget == fxopt.Budget(fraction=0.7)
 
 
 def test_bad_option_fails_before_compiling():

@@ -28,9 +28,9 @@ SCRIPT = textwrap.dedent("""
     records = sys.modules.get("fxopt.records")
     print(json.dumps({
         "partitioner": type(config.custom_partitioner_fn).__name__,
-        "records": None if records is None else len(records.compile_records()),
-        "budget": None if records is None or not records.compile_records()
-                  else str(records.compile_records()[0].options.budget),
+        "records": None if records is None else len(records.reports()),
+        "budget": None if records is None or not records.reports()
+                  else str(records.reports()[0].options.budget),
         "aot_cache_hits": counters["aot_autograd"]["autograd_cache_hit"],
     }))
 """)
