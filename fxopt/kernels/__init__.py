@@ -1,0 +1,24 @@
+"""Low-bit (fp8 e4m3 / int8) storage kernels for saved activations.
+
+Importing this package registers ``torch.ops.fxopt.quantize`` and ``torch.ops.fxopt.dequantize``
+(see ``ops.py``); it needs neither Triton nor CUDA. The Triton kernels (``triton_quant.py``) are
+imported on first use with a CUDA tensor. ``reference.py`` is the pure-torch spec.
+"""
+
+from __future__ import annotations
+
+from .ops import dequantize, quantize, triton_available, triton_on_cpu
+from .reference import BLOCK_SIZE, FORMATS, GRANULARITIES, group_shape, payload_dtype, qmax
+
+__all__ = [
+    "BLOCK_SIZE",
+    "FORMATS",
+    "GRANULARITIES",
+    "dequantize",
+    "group_shape",
+    "payload_dtype",
+    "qmax",
+    "quantize",
+    "triton_available",
+    "triton_on_cpu",
+]
