@@ -1,0 +1,177 @@
+"""Which values Inductor materialises: the kernels of one graph and the buffers they read.
+
+A pure function of a :class:`~fxopt.graph.GraphView` (one forward or backward graph).  The
+result, a tuple of :class:`Kernel`, is what both the memory simulator and the runtime model
+work on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fxopt.graph import GraphView, Node, OpKind, Role
+
+__all__ = ["Kernel", "FusionRules", "kernels_of"]
+
+StorageKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class FusionRules:
+    """The thresholds of Inductor's realisation heuristics (``torch._inductor.config``)."""
+
+    realize_reads_threshold: int = 4  # config.realize_reads_threshold
+    realize_opcount_threshold: int = 30  # config.realize_opcount_threshold default
+    realize_acc_reads_threshold: int = 8  # config.realize_acc_reads_threshold default
+    # On CPU Inductor realises a reused value whose inlined body contains one of these
+    # (ir.StorageBox.should_realize_on_reuse).
+    heavy_ops: frozenset[str] = frozenset({"exp", "log", "log10", "log1p", "log2", "sigmoid",
+                                           "tanh"})
+    cpu: bool = True
+    inplace_buffers: bool = True  # config.inplace_buffers
+    # False gives every pointwise value its own buffer, as eager PyTorch does (an ablation).
+    inline_pointwise: bool = True
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One materialised step: the node it computes, the buffers it writes and reads.
+
+    ``nodes`` lists the graph nodes fused into it (the realised node last).  ``inplace`` names
+    an input buffer whose storage the output reuses (Inductor's in-place buffer reuse).
+    """
+
+    name: str
+    kind: OpKind
+    writes: tuple[StorageKey, ...]
+    reads: frozenset[StorageKey]
+    nodes: tuple[str, ...]
+    inplace: StorageKey | None = None
+    flops: int = 0
+
+
+@dataclass
+class _Pending:
+    """An unrealised value (inlined into whoever reads it)."""
+
+    reads: set[StorageKey] = field(default_factory=set)
+    heavy: bool = False
+    opcount: int = 0
+    nodes: list[str] = field(default_factory=list)
+    flops: int = 0
+
+
+def _op_short(node: Node) -> str:
+    # "aten.exp.default" -> "exp"
+    parts = node.op.split(".")
+    return parts[1] if len(parts) >= 2 else node.op
+
+
+# NOTE [Emulating Inductor's realisation]
+# GraphLowering.run_node lowers each FX node to an IR value that stays *unrealised* (inlined
+# into its consumers) until something forces a buffer:
+#   * graph outputs, reductions, scatter-like ops and extern kernels get a buffer;
+#   * an extern kernel realises each of its inputs (ExternKernel.realize_input);
+#   * a value with several users is realised when one user needs realised inputs, when its
+#     inlined body holds a heavy op on CPU (exp, log, tanh, ...), is large (> 30 ops) or reads
+#     more than 4 buffers (StorageBox.should_realize_on_reuse);
+#   * any value reading more than 8 buffers is realised (has_exceeded_max_reads).
+# A value realised on demand is computed by a kernel placed just before the consumer that
+# demanded it, which is where Inductor registers the buffer.  A view of an unrealised value
+# stays unrealised; realising it realises its base.
+# Then the scheduler reuses a dying input buffer of the same size for the output of a fused
+# kernel (config.inplace_buffers), which we model by ``Kernel.inplace``.  Saved tensors are
+# candidates too: AOTAutograd donates them to the backward (``bw_donated_idxs``), and the
+# compiled backward clears its argument list, so their storage can be written in place.
+def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Kernel, ...]:
+    """The kernels Inductor runs for ``view`` (one forward or backward graph), in order."""
+    pending: dict[str, _Pending] = {}  # node name -> unrealised body
+    kernels: list[Kernel] = []
+
+    def base(name: str) -> str:
+        node = view[name]
+        while node.kind is OpKind.VIEW and node.alias_of is not None:
+            node = view[node.alias_of]
+        return node.name
+
+    def reads_of(name: str) -> set[StorageKey]:
+        b = base(name)
+        if b in pending:
+            return set(pending[b].reads)
+        return {view.storage_of(name)}
+
+    def realise(name: str) -> None:
+        b = base(name)
+        body = pending.pop(b, None)
+        if body is None:
+            return
+        node = view[b]
+        kernels.append(Kernel(b, node.kind, ((b, 0),), frozenset(body.reads),
+                              tuple(body.nodes), flops=body.flops))
+
+    for node in view.nodes:
+        if node.kind in (OpKind.PLACEHOLDER, OpKind.VIEW, OpKind.OTHER):
+            continue
+        if node.kind is OpKind.OUTPUT:
+            for name in node.inputs:
+                if name in view.by_name and view[name].outputs:
+                    realise(name)
+            continue
+        tensor_inputs = [i for i in node.inputs if view[i].outputs]
+        if node.kind is OpKind.EXTERN:
+            for i in tensor_inputs:
+                realise(i)
+        reads: set[StorageKey] = set()
+        body_nodes: list[str] = []
+        heavy, opcount, flops = False, 1, node.flops
+        for i in tensor_inputs:
+            reads |= reads_of(i)
+            p = pending.get(base(i))
+            if p is not None:
+                heavy |= p.heavy
+                opcount += p.opcount
+                flops += p.flops
+                body_nodes.extend(n for n in p.nodes if n not in body_nodes)
+        body_nodes.append(node.name)
+        heavy |= _op_short(node) in rules.heavy_ops
+        if node.kind is OpKind.POINTWISE:
+            pending[node.name] = _Pending(reads, heavy, opcount, body_nodes, flops)
+            users = [view[u] for u in node.users]
+            must = (node.is_output or not rules.inline_pointwise
+                    or len(reads) > rules.realize_acc_reads_threshold)
+            if len(users) > 1:
+                must |= any(u.kind is OpKind.EXTERN for u in users)
+                must |= heavy and rules.cpu
+                must |= opcount > rules.realize_opcount_threshold
+                must |= len(reads) > rules.realize_reads_threshold
+            if must:
+                realise(node.name)
+            continue
+        writes = tuple((node.name, k) for k in range(len(node.outputs)))
+        kernels.append(Kernel(node.name, node.kind, writes, frozenset(reads), tuple(body_nodes),
+                              flops=flops))
+    return tuple(_mark_inplace(view, kernels, rules))
+
+
+def _mark_inplace(view: GraphView, kernels: list[Kernel], rules: FusionRules) -> list[Kernel]:
+    if not rules.inplace_buffers:
+        return kernels
+    readers: dict[StorageKey, int] = {}
+    for k in kernels:
+        for r in k.reads:
+            readers[r] = readers.get(r, 0) + 1
+    out: list[Kernel] = []
+    taken: set[StorageKey] = set()
+    for k in kernels:
+        if k.kind in (OpKind.POINTWISE, OpKind.REDUCTION) and len(k.writes) == 1:
+            size = view.storage_bytes(k.writes[0])
+            for r in sorted(k.reads):
+                src = view[r[0]]
+                reusable = src.kind is not OpKind.PLACEHOLDER or src.role is Role.SAVED
+                if (readers.get(r) == 1 and r not in taken and reusable
+                        and not src.is_output and view.storage_bytes(r) == size and size > 0):
+                    taken.add(r)
+                    k = Kernel(k.name, k.kind, k.writes, k.reads, k.nodes, r, k.flops)
+                    break
+        out.append(k)
+    return out

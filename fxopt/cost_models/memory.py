@@ -1,0 +1,220 @@
+"""Liveness simulation of one training step: live bytes at every kernel, and the peak.
+
+Two entry points, both returning a :class:`MemoryTimeline`:
+
+* :func:`simulate_partition` takes the forward and backward graphs exactly as Inductor receives
+  them from a partitioner.  This is the one checked against measured peaks
+  (``tests/test_memory_accuracy.py``), because it sees precisely what gets saved and recomputed.
+* :func:`simulate_plan` takes the joint graph and a plan (the set of forward nodes whose outputs
+  are saved); the rest of what the backward needs is recomputed just before its first backward
+  use (see :func:`fxopt.cost_models.plan.split_joint`).
+
+Both reduce to :func:`simulate_steps` on plain :class:`Step` data, which the property tests
+compare with a brute-force reference.
+
+Peak, as everywhere in fxopt: the most bytes live at once during the step above what was live
+before it.  Parameters and inputs (the fixed part) are not counted; saved tensors, recomputed
+values, temporaries and parameter gradients are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from fxopt.cost_models.fusion import FusionRules, Kernel, kernels_of
+from fxopt.graph import GraphView, OpKind, Role, Side
+
+__all__ = ["MemoryStep", "MemoryTimeline", "Step", "simulate_partition", "simulate_plan",
+           "simulate_steps", "steps_of_partition"]
+
+Key = tuple[str, str, int]  # (graph tag, node name, output index)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel of the schedule as plain data for the liveness simulation.
+
+    ``writes`` are the new buffers (key, bytes); ``reads`` the buffers it reads; ``inplace``
+    a read buffer whose storage the (single) written buffer reuses.
+    """
+
+    name: str
+    side: Side
+    writes: tuple[tuple[Key, int], ...]
+    reads: frozenset[Key]
+    inplace: Key | None = None
+
+
+@dataclass(frozen=True)
+class MemoryStep:
+    name: str
+    side: Side
+    live_bytes: int  # live while the kernel runs (its inputs and outputs both allocated)
+    after_bytes: int  # live once the kernel's dead inputs are freed
+
+
+@dataclass(frozen=True)
+class MemoryTimeline:
+    steps: tuple[MemoryStep, ...]
+    peak_bytes: int
+    peak_step: str
+    saved_bytes: int  # live between forward and backward (what the forward leaves behind)
+    end_bytes: int  # live at the end of the step (gradients, loss)
+
+    def live_at(self, name: str) -> int:
+        for s in self.steps:
+            if s.name == name:
+                return s.live_bytes
+        raise KeyError(f"no step named {name!r} in this timeline")
+
+
+# NOTE [Liveness rules]
+# A buffer is allocated by the step that writes it and freed right after the last step that
+# reads it, except buffers listed in ``keep`` (graph outputs that outlive the schedule, such
+# as parameter gradients and the loss), which stay live to the end.  A buffer nobody reads is
+# freed right after the step that wrote it.  The peak at a step counts its outputs and all its
+# inputs together (a kernel holds both while it runs); an in-place step writes into an input
+# that dies there, so it adds nothing new.  ``initial`` buffers are live before step 0.
+def simulate_steps(steps: Sequence[Step], *, initial: Mapping[Key, int] | None = None,
+                   keep: Iterable[Key] = (), boundary: int | None = None) -> MemoryTimeline:
+    """Simulate ``steps`` in order.  ``boundary``: index of the first backward step."""
+    initial = dict(initial or {})
+    keep = set(keep)
+    size: dict[Key, int] = dict(initial)
+    last: dict[Key, int] = {k: -1 for k in initial}
+    for i, s in enumerate(steps):
+        for k, b in s.writes:
+            size[k] = b
+            last[k] = max(last.get(k, i), i)
+        for k in s.reads:
+            if k in size:
+                last[k] = max(last.get(k, i), i)
+    free_at: dict[int, list[Key]] = {}
+    n = len(steps)
+    for k, t in last.items():
+        if k not in keep:
+            free_at.setdefault(t, []).append(k)
+    live = sum(initial.values())
+    for k in free_at.get(-1, ()):
+        live -= size[k]
+    out: list[MemoryStep] = []
+    saved = live if boundary == 0 else 0
+    peak, peak_step = live, "<start>"
+    for i, s in enumerate(steps):
+        if boundary is not None and i == boundary:
+            saved = live
+        new = sum(b for _, b in s.writes)
+        if s.inplace is not None and s.inplace in size and last.get(s.inplace) == i:
+            new -= size[s.inplace]
+            free_at[i] = [k for k in free_at.get(i, []) if k != s.inplace]
+        live += new
+        during = live
+        for k in free_at.get(i, ()):
+            live -= size[k]
+        out.append(MemoryStep(s.name, s.side, during, live))
+        if during > peak:
+            peak, peak_step = during, s.name
+    if boundary is not None and boundary >= n:
+        saved = live
+    return MemoryTimeline(tuple(out), peak, peak_step, saved, live)
+
+
+def _steps_of_graph(view: GraphView, tag: str, kernels: Sequence[Kernel], side: Side,
+                    resolve: Mapping[tuple[str, int], Key | None]) -> list[Step]:
+    def key(sk: tuple[str, int]) -> Key | None:
+        if sk in resolve:
+            return resolve[sk]
+        return (tag, sk[0], sk[1])
+
+    steps = []
+    for k in kernels:
+        writes = tuple(((tag, w[0], w[1]), view.storage_bytes(w)) for w in k.writes)
+        reads = frozenset(r for r in (key(x) for x in k.reads) if r is not None)
+        inplace = key(k.inplace) if k.inplace is not None else None
+        steps.append(Step(k.name, side, writes, reads, inplace))
+    return steps
+
+
+def _placeholder_keys(view: GraphView, tag: str, saved_map: Mapping[str, Key]
+                      ) -> tuple[dict[tuple[str, int], Key | None], dict[Key, int]]:
+    """Map the placeholders of ``view`` to buffer keys; fixed ones to None (not counted)."""
+    resolve: dict[tuple[str, int], Key | None] = {}
+    fresh: dict[Key, int] = {}
+    for n in view.nodes:
+        if n.kind is not OpKind.PLACEHOLDER:
+            continue
+        if n.is_fixed:
+            resolve[(n.name, 0)] = None
+        elif n.role is Role.SAVED and n.name in saved_map:
+            resolve[(n.name, 0)] = saved_map[n.name]
+        else:  # tangents, or saved values whose producer is unknown: live from the start
+            resolve[(n.name, 0)] = (tag, n.name, 0)
+            fresh[(tag, n.name, 0)] = n.nbytes_hint
+    return resolve, fresh
+
+
+def steps_of_partition(fwd: GraphView, bwd: GraphView, rules: FusionRules = FusionRules()
+                       ) -> tuple[list[Step], dict[Key, int], set[Key], int]:
+    """Steps of forward then backward, initial buffers, kept buffers, first backward step."""
+    f_res, f_fresh = _placeholder_keys(fwd, "f", {})
+    f_steps = _steps_of_graph(fwd, "f", kernels_of(fwd, rules), Side.FWD, f_res)
+
+    def fwd_key(name: str) -> Key | None:
+        sk = fwd.storage_of(name)
+        return f_res.get(sk, ("f", sk[0], sk[1]))
+
+    saved_map = {n.name: k for n in bwd.nodes if n.role is Role.SAVED and n.name in fwd.by_name
+                 for k in [fwd_key(n.name)] if k is not None}
+    fixed_saved = {n.name for n in bwd.nodes if n.role is Role.SAVED and n.name in fwd.by_name
+                   and fwd_key(n.name) is None}
+    b_res, b_fresh = _placeholder_keys(bwd, "b", saved_map)
+    for name in fixed_saved:  # saved views of parameters or inputs cost nothing
+        b_res[(name, 0)] = None
+        b_fresh.pop(("b", name, 0), None)
+    b_steps = _steps_of_graph(bwd, "b", kernels_of(bwd, rules), Side.BWD, b_res)
+    # Buffers that outlive their graph: forward outputs the backward reads live until that
+    # read; user-visible forward outputs (the loss) and backward outputs (gradients) to the end.
+    keep: set[Key] = set()
+    user_outs = fwd.output_names[:_num_user_outputs(fwd, bwd)]
+    for name in user_outs:
+        if name is not None and (k := fwd_key(name)) is not None:
+            keep.add(k)
+    for name in bwd.output_names:
+        if name is None:
+            continue
+        sk = bwd.storage_of(name)
+        k = b_res.get(sk, ("b", sk[0], sk[1]))
+        if k is not None:
+            keep.add(k)
+    # The backward receives every saved buffer, so each lives at least until it starts.
+    handoff = Step("<backward>", Side.BWD, tuple(b_fresh.items()), frozenset(saved_map.values()))
+    steps = f_steps + [handoff] + b_steps
+    return steps, dict(f_fresh), keep, len(f_steps)
+
+
+def _num_user_outputs(fwd: GraphView, bwd: GraphView) -> int:
+    """Forward outputs not consumed by the backward are the user-visible ones (the loss)."""
+    saved = {n.name for n in bwd.nodes if n.role is Role.SAVED}
+    return sum(1 for name in fwd.output_names if name not in saved)
+
+
+def simulate_partition(fwd: GraphView, bwd: GraphView, rules: FusionRules = FusionRules()
+                       ) -> MemoryTimeline:
+    """Predict the memory timeline of ``fwd`` then ``bwd`` as Inductor will run them.
+
+    ``fwd``/``bwd`` are views (``GraphView.from_fx(gm, side=...)``) of a partitioner's output.
+    Backward placeholders are matched to forward outputs by name, as AOTAutograd's partitioners
+    name them.
+    """
+    steps, initial, keep, boundary = steps_of_partition(fwd, bwd, rules)
+    return simulate_steps(steps, initial=initial, keep=keep, boundary=boundary)
+
+
+def simulate_plan(joint: GraphView, saved: Iterable[str], rules: FusionRules = FusionRules()
+                  ) -> MemoryTimeline:
+    """Predict the timeline when the forward saves exactly ``saved`` (forward node names)."""
+    from fxopt.cost_models.plan import split_joint
+
+    fwd, bwd = split_joint(joint, saved)
+    return simulate_partition(fwd, bwd, rules)

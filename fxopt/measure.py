@@ -1,0 +1,204 @@
+"""Measuring the real peak memory of one compiled training step.
+
+Peak (DESIGN.md): the most bytes live at once during one training step (forward + loss +
+backward) above what was live before it, with parameter gradients starting as ``None``.
+
+* CPU: the process's resident-set high-water mark.  glibc is told to ``mmap`` every allocation
+  above 64 KiB (``MALLOC_MMAP_THRESHOLD_=65536``) so that a freed tensor returns its pages to
+  the kernel at once; the high-water mark is reset through ``/proc/self/clear_refs`` just before
+  the step, and the peak is ``VmHWM`` after it minus ``VmRSS`` before it.  The environment
+  variable only takes effect at process start, so each measurement runs in a fresh subprocess
+  (:func:`measure_in_subprocess`).
+* CUDA: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``, minus
+  ``memory_allocated()`` before the step.
+
+:func:`measure_in_subprocess` also compiles the step with a chosen partitioner and returns
+the graphs that partitioner produced (as :class:`~fxopt.graph.GraphView`), so that a test can
+compare a prediction with the measurement of exactly the graphs that ran.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import importlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch._inductor.custom_graph_pass
+
+from fxopt.graph import GraphView, Side
+
+__all__ = ["StepMeasurement", "CapturingPartitioner", "measure_step", "measure_in_subprocess",
+           "MEASURE_ENV"]
+
+# Environment for a measurement process (set before it starts).  The FX graph and AOTAutograd
+# caches are off so that the partitioner really runs (a cache hit would skip it and capture
+# nothing); Inductor's compiled-kernel cache stays on, since it is keyed by the kernel source.
+# One thread keeps the RSS free of per-thread scratch buffers and the timings stable.
+MEASURE_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "65536",
+    "TORCHINDUCTOR_COMPILE_THREADS": "1",
+    "TORCHINDUCTOR_FX_GRAPH_CACHE": "0",
+    "TORCHINDUCTOR_AUTOGRAD_CACHE": "0",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+@dataclass(frozen=True)
+class StepMeasurement:
+    peak_bytes: int  # high-water mark during the step minus what was live before it
+    baseline_bytes: int  # RSS (CPU) or allocated bytes (CUDA) before the step
+    step_seconds: float
+    device: str
+    views: dict[str, GraphView] = field(default_factory=dict)  # "joint", "fwd", "bwd"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/self/status has no {field_name}; RSS measurement needs Linux")
+
+
+def measure_step(step: Callable[[], object], zero_grad: Callable[[], None], *,
+                 device: str = "cpu", warmup: int = 2) -> StepMeasurement:
+    """Run ``step`` ``warmup`` times, then measure one more run of it (see module docstring).
+
+    ``step`` runs forward, loss and backward; ``zero_grad`` sets gradients to None.  On CPU the
+    calling process must have been started with ``MALLOC_MMAP_THRESHOLD_`` set (see
+    :data:`MEASURE_ENV`), otherwise freed memory stays resident and the peak is overstated.
+    """
+    for _ in range(warmup):
+        step()
+    zero_grad()
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        return StepMeasurement(torch.cuda.max_memory_allocated() - base, base, dt, device)
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        raise RuntimeError("CPU peak measurement needs MALLOC_MMAP_THRESHOLD_=65536 set before "
+                           "the process starts; use fxopt.measure.measure_in_subprocess")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _status_kib("VmRSS")
+    t0 = time.perf_counter()
+    step()
+    dt = time.perf_counter() - t0
+    return StepMeasurement(_status_kib("VmHWM") - base, base, dt, device)
+
+
+class CapturingPartitioner(torch._inductor.custom_graph_pass.CustomPartitionerFn):
+    """Runs PyTorch's ``min_cut`` (Inductor's default) or ``default`` (save everything)
+    partitioner and keeps views of the joint graph and of the graphs it returns."""
+
+    def __init__(self, which: str) -> None:
+        if which not in ("min_cut", "default"):
+            raise ValueError(f"partitioner {which!r}: use 'min_cut' or 'default'")
+        self.which = which
+        self.captured: list[dict[str, GraphView]] = []
+
+    def __call__(self, gm: torch.fx.GraphModule, joint_inputs: Sequence[object], **kwargs: Any
+                 ) -> tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
+        from torch._functorch import partitioners
+
+        joint = GraphView.from_fx(gm, **kwargs)
+        if self.which == "min_cut":
+            fwd, bwd = partitioners.min_cut_rematerialization_partition(gm, joint_inputs,
+                                                                        **kwargs)
+        else:
+            kwargs.pop("compiler", None)
+            fwd, bwd = partitioners.default_partition(gm, joint_inputs, **kwargs)
+        self.captured.append({"joint": joint, "fwd": GraphView.from_fx(fwd, side=Side.FWD),
+                              "bwd": GraphView.from_fx(bwd, side=Side.BWD)})
+        self.graphs = (fwd, bwd)
+        return fwd, bwd
+
+    def uuid(self) -> Any:
+        return ("fxopt.measure.CapturingPartitioner", self.which)
+
+
+def _compile_and_measure(builder: str, kwargs: dict[str, Any], partitioner: str,
+                         threads: int, device: str, with_op_times: bool) -> StepMeasurement:
+    from torch._inductor.compile_fx import compile_fx
+
+    torch.set_num_threads(threads)
+    mod_name, fn_name = builder.split(":")
+    model, args = getattr(importlib.import_module(mod_name), fn_name)(**kwargs)
+    model = model.to(device)
+    args = tuple(a.to(device) for a in args)
+    cap = CapturingPartitioner(partitioner)
+    backend = functools.partial(compile_fx, config_patches={"custom_partitioner_fn": cap})
+    compiled = torch.compile(model, backend=backend)
+
+    def step() -> None:
+        compiled(*args).backward()
+
+    m = measure_step(step, lambda: model.zero_grad(set_to_none=True), device=device)
+    if len(cap.captured) != 1:
+        raise RuntimeError(f"expected one compiled graph, got {len(cap.captured)} (a graph "
+                           "break?); measurement needs a step that compiles to one graph")
+    extra: dict[str, Any] = {}
+    if with_op_times:
+        from fxopt.cost_models.runtime import measure_node_times
+
+        extra["op_seconds"] = {side: measure_node_times(gm, device=device)
+                               for side, gm in zip(("fwd", "bwd"), cap.graphs)}
+    return StepMeasurement(m.peak_bytes, m.baseline_bytes, m.step_seconds, device,
+                           cap.captured[0], extra)
+
+
+def measure_in_subprocess(builder: str, kwargs: dict[str, Any] | None = None, *,
+                          partitioner: str = "min_cut", threads: int = 1, device: str = "cpu",
+                          with_op_times: bool = False, timeout_s: float = 600
+                          ) -> StepMeasurement:
+    """Compile and measure one training step in a fresh Python process.
+
+    ``builder`` is ``"module:function"``; the function takes ``kwargs`` and returns
+    ``(model, args)`` with ``model(*args)`` the scalar loss.  The child inherits the current
+    working directory and ``sys.path`` entries through ``PYTHONPATH``.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.pkl")
+        job = json.dumps({"builder": builder, "kwargs": kwargs or {}, "partitioner": partitioner,
+                          "threads": threads, "device": device, "out": out,
+                          "with_op_times": with_op_times})
+        env = dict(os.environ, **MEASURE_ENV,
+                   PYTHONPATH=os.pathsep.join([os.getcwd(), *sys.path]))
+        proc = subprocess.run([sys.executable, "-m", "fxopt.measure", job], env=env,
+                              capture_output=True, text=True, timeout=timeout_s)
+        if proc.returncode != 0:
+            raise RuntimeError(f"measurement of {builder}({kwargs}) with {partitioner} failed "
+                               f"(exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        with open(out, "rb") as f:
+            return pickle.load(f)
+
+
+def _main(argv: list[str]) -> None:
+    job = json.loads(argv[0])
+    m = _compile_and_measure(job["builder"], job["kwargs"], job["partitioner"], job["threads"],
+                             job["device"], job["with_op_times"])
+    with open(job["out"], "wb") as f:
+        pickle.dump(m, f)
+
+
+if __name__ == "__main__":
+    # Re-import so that pickled classes name ``fxopt.measure``, not ``__main__``.
+    importlib.import_module("fxopt.measure")._main(sys.argv[1:])

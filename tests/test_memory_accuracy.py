@@ -1,0 +1,43 @@
+"""Predicted peak vs the measured peak of the compiled step on CPU, within 10%.
+
+Each configuration compiles and measures the real training step in a fresh subprocess
+(``fxopt.measure.measure_in_subprocess``: RSS high-water mark with every allocation above
+64 KiB mmapped).  The small sizes run by default; the large ones are marked ``slow`` and are
+always part of ``python benchmarks/bench_cost_models.py``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from benchmarks.bench_cost_models import CASES, PARTITIONS, run_case
+
+TOLERANCE = 0.10
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="RSS high-water measurement needs Linux /proc")
+
+
+def _params():
+    for case in CASES.values():
+        for partition in PARTITIONS:
+            marks = [pytest.mark.slow] if case.slow else []
+            yield pytest.param(case.name, partition, marks=marks,
+                               id=f"{case.name}-{partition}")
+
+
+@pytest.mark.parametrize(("case_name", "partition"), list(_params()))
+def test_predicted_peak_matches_measured(case_name: str, partition: str) -> None:
+    measured, by_partition, by_plan = run_case(CASES[case_name], partition)
+    assert measured.peak_bytes > 16 * 2**20, "activations should dominate the measurement"
+    error = (by_partition.peak_bytes - measured.peak_bytes) / measured.peak_bytes
+    assert abs(error) <= TOLERANCE, (
+        f"{case_name}/{partition}: predicted {by_partition.peak_bytes / 2**20:.1f} MiB at "
+        f"{by_partition.peak_step}, measured {measured.peak_bytes / 2**20:.1f} MiB")
+    # The plan path (joint graph + saved set) must tell the same story.
+    plan_error = (by_plan.peak_bytes - measured.peak_bytes) / measured.peak_bytes
+    assert abs(plan_error) <= TOLERANCE, (
+        f"{case_name}/{partition}: plan-based prediction {by_plan.peak_bytes / 2**20:.1f} MiB, "
+        f"measured {measured.peak_bytes / 2**20:.1f} MiB")
