@@ -1,0 +1,293 @@
+"""The CP-SAT model of the decision problem, with lazily added memory constraints."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ortools.sat.python import cp_model
+
+from fxopt.solver.options import SolverOptions
+from fxopt.solver.plan import Decision, Kind
+from fxopt.solver.problem import Problem, byte_unit
+from fxopt.solver.validate import d2h_window, h2d_exposed, prefetch_points
+
+# NOTE [CP-SAT model]
+# Per candidate i, one boolean per choice, exactly one true: keep_i, rec[i,k] / lb[i,k] for each
+# restore point k in P_i, off[i,q] / lbo[i,q] for each prefetch point q. P_i holds i's first
+# backward use, the restore points of its recomputable consumers (a recomputation reads i at
+# its own restore point) and the last own backward uses of i's inputs (recomputing no later than
+# that does not stretch an input's life), all no later than i's first demand; the latest
+# `max_restore_points` of them are kept, which bounds recompute chains. Added to those: the
+# `restore_window` steps just before the latest point (a restore point can pay off just before
+# or after a step with a large fixed part). With both limits at least the number of backward
+# steps, every restore step validate.py accepts is in the model, so its optimum is exact; the
+# tests check that against brute force.
+# z[i,j] = "i is still demanded at its j-th extension point", for consumer restore points beyond
+# i's last own backward use (for a tensor only recomputations read: all of them), monotone in j.
+# With Z_i(s) = 1 up to the last own use, else z at the first extension point >= s, the bytes of
+# i alive at a backward step s are exactly (validate.py is the spec)
+#     full * (Z_i(s) - [restore point of i > s]) + lowbit bytes while quantised,
+# because a non-keep tensor's restore point never lies after its last demand, so at most one of
+# the two indicators is 0. Constraints: a recomputation at k needs each input kept, restored at
+# a point <= k, or offloaded with k >= its first own use (availability); z >= the consumer
+# choices that demand it; a support tensor's own restore point lies inside its demanded range.
+# Memory rows sum these expressions at a step; they are added lazily (solve_lazy).
+
+# With opts.deterministic the search stops on deterministic time, this share of time_limit_s:
+# deterministic time runs at or below wall time on a loaded machine, so the wall-clock limit
+# (the safety net) is rarely what stops it. See NOTE [Determinism].
+DETERMINISTIC_SHARE = 0.5
+
+
+@dataclass
+class Model:
+    problem: Problem
+    opts: SolverOptions
+    model: cp_model.CpModel
+    unit: int
+    keep: list[cp_model.IntVar]
+    # per candidate: list of (kind, point, var)
+    choices: list[list[tuple[Kind, int, cp_model.IntVar]]]
+    ext: list[list[tuple[int, cp_model.IntVar]]]  # per candidate: (extension point, z var)
+    last_own: list[int]
+    objective_terms: list[tuple[cp_model.IntVar, int]] = field(default_factory=list)
+    rows: set[int] = field(default_factory=set)
+
+
+def restore_points(problem: Problem, opts: SolverOptions) -> list[tuple[int, ...]]:
+    """P_i for every candidate (see NOTE [CP-SAT model])."""
+    n = len(problem.candidates)
+    pts: list[tuple[int, ...]] = [()] * n
+    for i in sorted(range(n), key=lambda j: -problem.candidates[j].produced):
+        c = problem.candidates[i]
+        got: set[int] = set()
+        for j in problem.consumers[i]:
+            if problem.candidates[j].recomputable:
+                got.update(pts[j])
+        hi = c.bwd_uses[0] if c.bwd_uses else max(got, default=-1)
+        # recomputing before an input's last own use keeps that input from living longer
+        got |= {problem.candidates[j].bwd_uses[-1] for j in c.inputs
+                if problem.candidates[j].bwd_uses}
+        got = {k for k in got if problem.num_fwd_steps <= k <= hi}
+        if c.bwd_uses:
+            got.add(hi)
+        window = range(max(problem.num_fwd_steps, hi - opts.restore_window), hi + 1) \
+            if got else range(0)
+        pts[i] = tuple(sorted(set(sorted(got)[-opts.max_restore_points:]) | set(window)))
+    return pts
+
+
+def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> Model:
+    """The model without memory rows; exact_bytes counts bytes in unit 1 (the min-peak model,
+    whose rows compare against a peak variable)."""
+    m = cp_model.CpModel()
+    pts = restore_points(problem, opts)
+    F, S = problem.num_fwd_steps, problem.num_steps
+    unit = 1 if exact_bytes else byte_unit(problem)
+    mdl = Model(problem, opts, m, unit, [], [], [], [])
+    obj = mdl.objective_terms
+    d2h_terms: list[tuple[cp_model.IntVar, int]] = []
+    d2h_copy: list[tuple[cp_model.IntVar, int]] = []
+    h2d_terms: list[tuple[cp_model.IntVar, int]] = []
+    for i, c in enumerate(problem.candidates):
+        keep = m.new_bool_var(f"keep{i}")
+        ch: list[tuple[Kind, int, cp_model.IntVar]] = []
+        if c.recomputable:
+            for k in pts[i]:
+                v = m.new_bool_var(f"rec{i}_{k}")
+                ch.append((Kind.RECOMPUTE, k, v))
+                obj.append((v, c.recompute_us))
+        if c.bwd_uses and opts.allow_lowbit and c.lowbit_bytes > 0:
+            for k in pts[i]:
+                v = m.new_bool_var(f"lb{i}_{k}")
+                ch.append((Kind.LOWBIT, k, v))
+                obj.append((v, c.cast_us + opts.lowbit_penalty_us))
+        if c.bwd_uses and opts.allow_offload and c.copy_us > 0:
+            kinds = [Kind.OFFLOAD]
+            if opts.allow_lowbit and c.lowbit_bytes > 0:
+                kinds.append(Kind.LOWBIT_OFFLOAD)
+            for kind in kinds:
+                lb = kind is Kind.LOWBIT_OFFLOAD
+                d_exp = d2h_window(problem, c, lb)[1]
+                copy = c.lowbit_copy_us if lb else c.copy_us
+                for q in prefetch_points(problem, c, lb, opts.prefetch_points):
+                    v = m.new_bool_var(f"{kind.value}{i}_{q}")
+                    ch.append((kind, q, v))
+                    if lb:
+                        obj.append((v, c.cast_us + opts.lowbit_penalty_us))
+                    d2h_terms.append((v, d_exp))
+                    d2h_copy.append((v, copy))
+                    h2d_terms.append((v, h2d_exposed(problem, c, q, lb)))
+        m.add_exactly_one([keep] + [v for _, _, v in ch])
+        mdl.keep.append(keep)
+        mdl.choices.append(ch)
+        mdl.last_own.append(c.bwd_uses[-1] if c.bwd_uses else -1)
+    # extension points and availability
+    for i, c in enumerate(problem.candidates):
+        demand_pts = sorted({k for j in problem.consumers[i] for kind, k, _ in mdl.choices[j]
+                             if kind is Kind.RECOMPUTE})
+        ext = [(k, m.new_bool_var(f"z{i}_{k}")) for k in demand_pts if k > mdl.last_own[i]]
+        for (_, a), (_, b) in zip(ext, ext[1:]):
+            m.add_implication(b, a)
+        mdl.ext.append(ext)
+        ext_of = dict(ext)
+        b_own = c.bwd_uses[0] if c.bwd_uses else None
+        for j in problem.consumers[i]:
+            for kind, k, v in mdl.choices[j]:
+                if kind is not Kind.RECOMPUTE:
+                    continue
+                avail = [mdl.keep[i]] + [w for kd, kk, w in mdl.choices[i]
+                                         if (not kd.offloaded and kk <= k)
+                                         or (kd.offloaded and b_own is not None and k >= b_own)]
+                m.add_bool_or(avail).only_enforce_if(v)
+                if k > mdl.last_own[i]:
+                    m.add_implication(v, ext_of[k])
+        if not c.bwd_uses:  # a support tensor restores inside its demanded range
+            for kind, k, v in mdl.choices[i]:
+                m.add_implication(v, next(z for kk, z in ext if kk >= k))
+    # link model: per direction max(sum of exposures, sum of copies - phase compute)
+    if d2h_terms:
+        for terms, copies, phase in ((d2h_terms, d2h_copy, problem.compute_us(0, F - 1)),
+                                     (h2d_terms, d2h_copy, problem.compute_us(F, S - 1))):
+            hi = sum(t for _, t in copies) + sum(t for _, t in terms)
+            x = m.new_int_var(0, hi, "exposed")
+            m.add(x >= _wsum(terms))
+            m.add(x >= _wsum(copies) - phase)
+            obj.append((x, 1))
+    m.minimize(_wsum(obj))
+    return mdl
+
+
+def _wsum(terms: Iterable[tuple[cp_model.IntVar, int]]) -> cp_model.LinearExprT:
+    pairs = [(v, w) for v, w in terms if w]
+    return cp_model.LinearExpr.weighted_sum([v for v, _ in pairs], [w for _, w in pairs])
+
+
+def add_rows(mdl: Model, budget: int | cp_model.IntVar, steps: Iterable[int]) -> None:
+    """Add `memory at s <= budget` for each new step s (in bytes / mdl.unit; a variable budget
+    needs unit 1)."""
+    p, u = mdl.problem, mdl.unit
+    F = p.num_fwd_steps
+    for s in sorted(set(steps) - mdl.rows):
+        mdl.rows.add(s)
+        const = p.fixed_bytes[s]
+        coef: dict[cp_model.IntVar, int] = {}
+
+        def put(v: cp_model.IntVar, w: int) -> None:
+            coef[v] = coef.get(v, 0) + w
+
+        for i, c in enumerate(p.candidates):
+            if s < c.produced:
+                continue
+            if s <= c.last_fwd_use:
+                const += c.bytes
+                continue
+            full, small = c.bytes // u, c.lowbit_bytes // u
+            ch = mdl.choices[i]
+            # Z_i(s) as (constant, var or None)
+            if s <= mdl.last_own[i]:
+                z_const, z_var = 1, None
+            else:
+                nxt = [v for k, v in mdl.ext[i] if k >= s]
+                z_const, z_var = 0, (nxt[0] if nxt else None)
+            if z_const == 0 and z_var is None:
+                continue
+            if s < F:  # forward tail: kept (and demanded) or still being copied out
+                for kind, q, v in ch:
+                    if kind is Kind.LOWBIT:
+                        put(v, small)
+                    elif kind is Kind.OFFLOAD and s <= d2h_window(p, c, False)[0]:
+                        put(v, full)
+                    elif kind is Kind.LOWBIT_OFFLOAD and s <= d2h_window(p, c, True)[0]:
+                        put(v, small)
+                    elif kind is Kind.RECOMPUTE and z_var is not None:
+                        put(v, -full)
+                if z_var is None:
+                    put(mdl.keep[i], full)
+                else:
+                    put(z_var, full)
+                continue
+            if z_var is None:
+                const += c.bytes
+            else:
+                put(z_var, full)
+            b = c.bwd_uses[0] if c.bwd_uses else None
+            for kind, k, v in ch:
+                if kind is Kind.LOWBIT_OFFLOAD:
+                    if b is not None and s < b:
+                        put(v, -full + (small if k <= s else 0))
+                elif k > s:
+                    put(v, -full + (small if kind is Kind.LOWBIT else 0))
+        expr = _wsum(coef.items())
+        if isinstance(budget, int):
+            mdl.model.add(expr <= (budget - const) // u)  # exact: u divides every coefficient
+        else:
+            assert u == 1
+            mdl.model.add(expr + const <= budget)
+
+
+def decode(mdl: Model, solver: cp_model.CpSolver | cp_model.CpSolverSolutionCallback
+           ) -> tuple[Decision, ...]:
+    """Decisions from a solution (a finished solver or a solution callback)."""
+    p = mdl.problem
+    fmt = mdl.opts.allow_lowbit
+    out: list[Decision] = []
+    for i, c in enumerate(p.candidates):
+        d = Decision(c.name, Kind.KEEP)
+        for kind, k, v in mdl.choices[i]:
+            if solver.boolean_value(v):
+                d = Decision(c.name, kind, k, fmt if kind.lowbit else None)
+        out.append(d)
+    return _drop_undemanded(p, out)
+
+
+def _drop_undemanded(p: Problem, decs: list[Decision]) -> tuple[Decision, ...]:
+    """A non-keep choice nothing demands (possible in the model, useless) becomes KEEP."""
+    changed = True
+    while changed:
+        changed = False
+        dem = [bool(c.bwd_uses) for c in p.candidates]
+        for c, d in zip(p.candidates, decs):
+            if d.kind is Kind.RECOMPUTE:
+                for j in c.inputs:
+                    dem[j] = True
+        for i, d in enumerate(decs):
+            if d.kind is not Kind.KEEP and not dem[i]:
+                decs[i] = Decision(d.name, Kind.KEEP)
+                changed = True
+    return tuple(decs)
+
+
+def hint(mdl: Model, decisions: Sequence[Decision]) -> None:
+    mdl.model.clear_hints()
+    for i, d in enumerate(decisions):
+        mdl.model.add_hint(mdl.keep[i], d.kind is Kind.KEEP)
+        for kind, k, v in mdl.choices[i]:
+            mdl.model.add_hint(v, kind is d.kind and k == d.restore_step)
+
+
+def parameters(opts: SolverOptions, wall_s: float, det_s: float | None) -> cp_model.CpSolver:
+    # NOTE [Determinism]
+    # CP-SAT's answer depends only on the model and parameters when (a) the search is one
+    # worker, or several with interleave_search (subsolver tasks run in fixed batches) and
+    # (b) it stops on a deterministic-time limit, the gap limit or optimality, never on the
+    # wall clock. opts.deterministic sets both and keeps the wall limit only as a safety net; a
+    # run that hits it gets a warning that ranks may disagree. The rest of the pipeline (greedy,
+    # lazy rounds that stop at the first solution breaking a missing row, the best-plan
+    # callback) is deterministic given the solver's answers. Measured on 2 shared cores,
+    # interleaved search with 2 workers was 5-10x slower than one worker on the synthetic GPT,
+    # hence the default workers=1. deterministic=False with 2 workers (the default portfolio
+    # with LNS) finds much better plans on hard offload / low-bit instances but may differ
+    # from run to run: then plan on one rank and broadcast the Plan (it is JSON).
+    solver = cp_model.CpSolver()
+    prm = solver.parameters
+    prm.num_workers = opts.workers
+    prm.random_seed = opts.seed
+    prm.max_time_in_seconds = max(wall_s, 0.01)
+    prm.relative_gap_limit = opts.relative_gap
+    if opts.deterministic:
+        prm.interleave_search = opts.workers > 1
+        if det_s is not None:
+            prm.max_deterministic_time = max(det_s, 0.01)
+    return solver

@@ -1,0 +1,108 @@
+"""The planner's answer: a frozen, JSON-serialisable `Plan` of per-tensor `Decision`s."""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+
+class Kind(str, enum.Enum):
+    KEEP = "keep"
+    RECOMPUTE = "recompute"
+    OFFLOAD = "offload"
+    LOWBIT = "lowbit"
+    LOWBIT_OFFLOAD = "lowbit_offload"
+
+    @property
+    def offloaded(self) -> bool:
+        return self in (Kind.OFFLOAD, Kind.LOWBIT_OFFLOAD)
+
+    @property
+    def lowbit(self) -> bool:
+        return self in (Kind.LOWBIT, Kind.LOWBIT_OFFLOAD)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happens to one candidate after its last forward use.
+
+    restore_step: for RECOMPUTE the step before which it is recomputed, for LOWBIT the step
+        before which it is dequantised, for OFFLOAD / LOWBIT_OFFLOAD the step at which its
+        prefetch is issued (and its device buffer allocated); None for KEEP.
+    fmt: "fp8" or "int8" for the low-bit kinds, else None.
+    """
+
+    name: str
+    kind: Kind
+    restore_step: int | None = None
+    fmt: str | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.kind) is not Kind:
+            object.__setattr__(self, "kind", Kind(self.kind))
+        if (self.kind is Kind.KEEP) != (self.restore_step is None):
+            raise ValueError(f"{self.name}: restore_step must be given exactly for non-keep kinds")
+        if self.kind.lowbit != (self.fmt is not None):
+            raise ValueError(f"{self.name}: fmt must be given exactly for low-bit kinds")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """decisions: one per candidate, in the Problem's candidate order.
+    peak_bytes: simulated true peak with this plan; baseline_peak_bytes: keep everything.
+    extra_time_us: estimated step-time increase (recompute + exposed copies + casts + low-bit
+        penalties). status: how it was found ("OPTIMAL", "FEASIBLE", "GREEDY", "KEEP_ALL", ...).
+    problem_hash / options_hash: provenance; warnings: anything the caller should surface.
+    objective_bound_us: CP-SAT's proven lower bound on the objective (extra_time_us plus the
+        low-bit penalties) over the choices it modelled; None when CP-SAT did not finish a run.
+    """
+
+    decisions: tuple[Decision, ...]
+    peak_bytes: int
+    budget_bytes: int
+    baseline_peak_bytes: int
+    extra_time_us: int
+    status: str
+    solve_seconds: float
+    problem_hash: str
+    options_hash: str
+    warnings: tuple[str, ...] = field(default=())
+    objective_bound_us: int | None = None
+
+    def decision(self, name: str) -> Decision:
+        for d in self.decisions:
+            if d.name == name:
+                return d
+        raise KeyError(f"no decision for tensor {name!r} in this plan")
+
+    def counts(self) -> dict[str, int]:
+        out = {k.value: 0 for k in Kind}
+        for d in self.decisions:
+            out[d.kind.value] += 1
+        return out
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for d in data["decisions"]:
+            d["kind"] = Kind(d["kind"]).value
+        return json.dumps(data, sort_keys=True, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        data = json.loads(text)
+        decisions = tuple(Decision(**d) for d in data.pop("decisions"))
+        return cls(decisions=decisions, **{**data, "warnings": tuple(data["warnings"])})
+
+    @property
+    def content_hash(self) -> str:
+        """Hash of what the plan decides and predicts; leaves out solve_seconds and warnings so
+        two runs that choose the same plan hash equal."""
+        core = [(d.name, d.kind.value, d.restore_step, d.fmt) for d in self.decisions]
+        text = json.dumps([core, self.peak_bytes, self.budget_bytes, self.extra_time_us,
+                           self.problem_hash, self.options_hash], separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def with_(self, **changes: object) -> Plan:
+        return replace(self, **changes)

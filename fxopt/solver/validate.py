@@ -1,0 +1,235 @@
+"""The exact simulator of a plan on a Problem: the spec every planner is checked against.
+
+Written without OR-Tools on purpose: it is the independent check of the CP-SAT model.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fxopt.solver.errors import InvalidPlanError
+from fxopt.solver.options import LOWBIT_FORMATS
+from fxopt.solver.plan import Decision, Kind, Plan
+from fxopt.solver.problem import Candidate, Problem
+
+# NOTE [Decision semantics]
+# Let p = produced, f = last_fwd_use, F = num_fwd_steps. Every candidate has its full bytes alive
+# on [p, f]. Its *demands* are its own backward uses plus the restore step of every RECOMPUTE
+# consumer (a recomputation reads its inputs at its restore step); L = the last demand, and a
+# candidate without demands has no life after f whatever its kind (non-keep kinds need a demand).
+#   KEEP            full on [f+1, L].
+#   RECOMPUTE       full on [R, L]; costs recompute_us. R = restore_step, F <= R <= every demand.
+#                   Inputs are available at R because R is one of their demands: a kept input
+#                   lives until R, a recomputed / dequantised one must have its own R' <= R.
+#                   Each recomputed tensor is recomputed once, however many consumers need it.
+#   LOWBIT          low-bit bytes on [f+1, R-1], full on [R, L] (dequantised at R); costs cast_us.
+#   OFFLOAD         full on [f+1, D] where D is the end of the device->host copy (below), and
+#                   full on [q, L] from the prefetch step q = restore_step, F <= q <= b where b is
+#                   its first own backward use.
+#   LOWBIT_OFFLOAD  quantised at f: low-bit bytes on [f+1, D'], on [q, b-1], full on [b, L].
+# Structural rules: RECOMPUTE only for recomputable candidates; the low-bit and offload kinds
+# only for candidates with backward uses of their own (a tensor only recomputations read is kept
+# or recomputed), low-bit only where lowbit_bytes > 0, offload only where copy_us > 0; an
+# offloaded tensor may not be read by a recomputation before its own first backward use b (so
+# its prefetch is judged against b).
+#
+# NOTE [Copy exposure model]
+# A copy runs on its own stream and overlaps with compute. Device->host of an OFFLOAD tensor
+# starts after step p (LOWBIT_OFFLOAD: after f, once quantised) and ends at the first step
+# D >= f by which the compute time since its start covers the copy time; if forward ends first,
+# D = F-1 and the rest of the copy is exposed. A prefetch issued at q is exposed by
+# max(0, copy - compute(q..b-1)). Copies share one link, so per direction the exposed total is
+#   max(sum of per-tensor exposures, sum of copy times - compute time of that phase)
+# (device->host against forward compute, host->device against backward compute).
+
+
+def d2h_window(problem: Problem, c: Candidate, lowbit: bool) -> tuple[int, int]:
+    """(last step the device copy is alive while being copied out, exposed µs)."""
+    start = c.last_fwd_use + 1 if lowbit else c.produced + 1
+    copy = c.lowbit_copy_us if lowbit else c.copy_us
+    last_fwd = problem.num_fwd_steps - 1
+    # smallest s >= last_fwd_use with compute(start..s) >= copy, by bisection on prefix sums
+    k = bisect.bisect_left(problem.prefix_us, problem.prefix_us[start] + copy,
+                           lo=c.last_fwd_use + 1, hi=last_fwd + 2)
+    if k <= last_fwd + 1:
+        return k - 1, 0
+    return last_fwd, copy - problem.compute_us(start, last_fwd)
+
+
+def h2d_exposed(problem: Problem, c: Candidate, prefetch: int, lowbit: bool) -> int:
+    copy = c.lowbit_copy_us if lowbit else c.copy_us
+    assert c.first_bwd_use is not None
+    return max(0, copy - problem.compute_us(prefetch, c.first_bwd_use - 1))
+
+
+def prefetch_points(problem: Problem, c: Candidate, lowbit: bool, count: int) -> tuple[int, ...]:
+    """Candidate prefetch steps: the latest step hiding all of the copy, then ones hiding a
+    decreasing share of it, ending with b itself (nothing hidden, shortest device life)."""
+    b = c.first_bwd_use
+    assert b is not None
+    copy = c.lowbit_copy_us if lowbit else c.copy_us
+    out: list[int] = []
+    for k in range(count):
+        share = copy * (count - 1 - k) // max(count - 1, 1) if count > 1 else 0
+        q = b
+        while q > problem.num_fwd_steps and problem.compute_us(q, b - 1) < share:
+            q -= 1
+        if q not in out:
+            out.append(q)
+    return tuple(sorted(out))
+
+
+@dataclass(frozen=True)
+class Simulation:
+    memory: tuple[int, ...]
+    peak_bytes: int
+    peak_step: int
+    recompute_us: int
+    cast_us: int
+    exposed_d2h_us: int
+    exposed_h2d_us: int
+    lowbit_count: int
+
+    @property
+    def extra_time_us(self) -> int:
+        return self.recompute_us + self.cast_us + self.exposed_d2h_us + self.exposed_h2d_us
+
+    def objective(self, lowbit_penalty_us: int) -> int:
+        return self.extra_time_us + lowbit_penalty_us * self.lowbit_count
+
+
+def demands(problem: Problem, decisions: Sequence[Decision]) -> list[list[int]]:
+    out = [list(c.bwd_uses) for c in problem.candidates]
+    for cand, dec in zip(problem.candidates, decisions):
+        if dec.kind is Kind.RECOMPUTE:
+            for i in cand.inputs:
+                out[i].append(dec.restore_step)  # type: ignore[arg-type]
+    return out
+
+
+def _check(problem: Problem, i: int, dec: Decision, dem: list[int]) -> None:
+    c = problem.candidates[i]
+    F, S = problem.num_fwd_steps, problem.num_steps
+    where = f"tensor {c.name!r} ({dec.kind.value})"
+    if dec.name != c.name:
+        raise InvalidPlanError(f"decision {i} is for {dec.name!r}, expected {c.name!r}")
+    if dec.kind is Kind.KEEP:
+        return
+    r = dec.restore_step
+    assert r is not None
+    if not dem:
+        raise InvalidPlanError(f"{where}: nothing in backward reads it; it must be 'keep'")
+    if not F <= r <= min(dem):
+        raise InvalidPlanError(f"{where}: restore step {r} must lie in [{F}, first demand "
+                               f"{min(dem)}]")
+    if dec.kind is Kind.RECOMPUTE and not c.recomputable:
+        raise InvalidPlanError(f"{where}: it cannot be recomputed safely")
+    if dec.kind.lowbit:
+        if c.lowbit_bytes <= 0 or not c.bwd_uses:
+            raise InvalidPlanError(f"{where}: not eligible for low-bit storage")
+        if dec.fmt not in LOWBIT_FORMATS:
+            raise InvalidPlanError(f"{where}: unknown low-bit format {dec.fmt!r}")
+    if dec.kind.offloaded:
+        if c.copy_us <= 0 or not c.bwd_uses:
+            raise InvalidPlanError(f"{where}: not eligible for offload")
+        if min(dem) < c.bwd_uses[0]:
+            raise InvalidPlanError(f"{where}: a recomputation reads it at step {min(dem)}, "
+                                   f"before its own first backward use {c.bwd_uses[0]}")
+
+
+def intervals(problem: Problem, i: int, dec: Decision, dem: Sequence[int]
+              ) -> list[tuple[int, int, int]]:
+    """(first step, last step, bytes) pieces of candidate i's life under `dec` (NOTE above)."""
+    c = problem.candidates[i]
+    f, full, small = c.last_fwd_use, c.bytes, c.lowbit_bytes
+    out = [(c.produced, f, full)]
+    if not dem:
+        return out
+    last, r, kind = max(dem), dec.restore_step, dec.kind
+    if kind is Kind.KEEP:
+        out.append((f + 1, last, full))
+    elif kind is Kind.RECOMPUTE:
+        out.append((r, last, full))
+    elif kind is Kind.LOWBIT:
+        out += [(f + 1, r - 1, small), (r, last, full)]
+    elif kind is Kind.OFFLOAD:
+        out += [(f + 1, d2h_window(problem, c, False)[0], full), (r, last, full)]
+    else:
+        b = c.bwd_uses[0]
+        out += [(f + 1, d2h_window(problem, c, True)[0], small), (r, b - 1, small),
+                (b, last, full)]
+    return out
+
+
+def bytes_at(problem: Problem, i: int, dec: Decision, dem: Sequence[int], step: int) -> int:
+    return sum(b for lo, hi, b in intervals(problem, i, dec, dem) if lo <= step <= hi)
+
+
+def simulate(problem: Problem, decisions: Sequence[Decision]) -> Simulation:
+    """Memory at every step, the peak and the time costs of `decisions`; raises
+    InvalidPlanError when the decisions break a structural rule."""
+    n = len(problem.candidates)
+    if len(decisions) != n:
+        raise InvalidPlanError(f"plan has {len(decisions)} decisions for {n} candidates")
+    S, F = problem.num_steps, problem.num_fwd_steps
+    delta = [0] * (S + 1)
+    dem_all = demands(problem, decisions)
+    rec = cast = lowbit = 0
+    d2h_exp = d2h_sum = h2d_exp = h2d_sum = 0
+    for i, (c, dec) in enumerate(zip(problem.candidates, decisions)):
+        dem = dem_all[i]
+        _check(problem, i, dec, dem)
+        for lo, hi, nbytes in intervals(problem, i, dec, dem):
+            if lo <= hi and nbytes:
+                delta[lo] += nbytes
+                delta[hi + 1] -= nbytes
+        kind = dec.kind
+        if kind is Kind.RECOMPUTE:
+            rec += c.recompute_us
+        if kind.lowbit:
+            cast += c.cast_us
+            lowbit += 1
+        if kind.offloaded:
+            lb = kind is Kind.LOWBIT_OFFLOAD
+            d2h_exp += d2h_window(problem, c, lb)[1]
+            h2d_exp += h2d_exposed(problem, c, dec.restore_step, lb)  # type: ignore[arg-type]
+            copy = c.lowbit_copy_us if lb else c.copy_us
+            d2h_sum += copy
+            h2d_sum += copy
+    memory, live = [], 0
+    for s in range(S):
+        live += delta[s]
+        memory.append(problem.fixed_bytes[s] + live)
+    peak = max(memory)
+    return Simulation(
+        memory=tuple(memory), peak_bytes=peak, peak_step=memory.index(peak), recompute_us=rec,
+        cast_us=cast, lowbit_count=lowbit,
+        exposed_d2h_us=max(d2h_exp, d2h_sum - problem.compute_us(0, F - 1)),
+        exposed_h2d_us=max(h2d_exp, h2d_sum - problem.compute_us(F, S - 1)))
+
+
+def keep_all(problem: Problem) -> tuple[Decision, ...]:
+    return tuple(Decision(c.name, Kind.KEEP) for c in problem.candidates)
+
+
+def baseline_peak(problem: Problem) -> int:
+    """The keep-everything peak (what fractional budgets are relative to)."""
+    return simulate(problem, keep_all(problem)).peak_bytes
+
+
+def validate(problem: Problem, plan: Plan) -> Simulation:
+    """Simulate `plan` and check that it is structurally valid, within its budget, and that its
+    recorded peak and time are the simulated ones. Returns the simulation."""
+    if plan.problem_hash != problem.content_hash:
+        raise InvalidPlanError("plan was made for a different problem (problem hash differs)")
+    sim = simulate(problem, plan.decisions)
+    if sim.peak_bytes != plan.peak_bytes or sim.extra_time_us != plan.extra_time_us:
+        raise InvalidPlanError(
+            f"plan records peak {plan.peak_bytes} B / {plan.extra_time_us} us but simulates to "
+            f"{sim.peak_bytes} B / {sim.extra_time_us} us")
+    if sim.peak_bytes > plan.budget_bytes:
+        raise InvalidPlanError(f"plan peak {sim.peak_bytes} B exceeds its budget "
+                               f"{plan.budget_bytes} B (step {sim.peak_step})")
+    return sim

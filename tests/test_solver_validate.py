@@ -1,0 +1,163 @@
+"""The exact simulator (the spec): lifetimes, costs and structural rules, computed by hand."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fxopt.solver import (Candidate, Decision, InvalidPlanError, Kind, Plan, Problem,
+                          ProblemError, budget_bytes, keep_all, simulate, to_us, validate)
+
+
+def one_tensor(**kw: object) -> Problem:
+    """F=3, S=7, every step 10 us; tensor a: 100 B, alive [0, 1] in forward, read at 5 and 6."""
+    a = Candidate(**{"name": "a", "bytes": 100, "produced": 0, "last_fwd_use": 1,
+                     "bwd_uses": (5, 6), "recompute_us": 7, "lowbit_bytes": 30, "cast_us": 3,
+                     "copy_us": 5, **kw})
+    return Problem(7, 3, (0,) * 7, (10,) * 7, (a,))
+
+
+@pytest.mark.parametrize("decision,memory,extra_us", [
+    (Decision("a", Kind.KEEP), (100,) * 7, 0),
+    (Decision("a", Kind.RECOMPUTE, 5), (100, 100, 0, 0, 0, 100, 100), 7),
+    (Decision("a", Kind.RECOMPUTE, 3), (100, 100, 0, 100, 100, 100, 100), 7),
+    (Decision("a", Kind.LOWBIT, 5, "fp8"), (100, 100, 30, 30, 30, 100, 100), 3),
+    # copy 5 us is done by the end of step 1; prefetch at 4 is hidden by step 4's 10 us
+    (Decision("a", Kind.OFFLOAD, 4), (100, 100, 0, 0, 100, 100, 100), 0),
+    (Decision("a", Kind.OFFLOAD, 5), (100, 100, 0, 0, 0, 100, 100), 5),
+    # quantised after step 1, its 2 us copy-out ends in step 2, back as low-bit at 4
+    (Decision("a", Kind.LOWBIT_OFFLOAD, 4, "int8"), (100, 100, 30, 0, 30, 100, 100), 3),
+])
+def test_lifetimes(decision: Decision, memory: tuple[int, ...], extra_us: int) -> None:
+    sim = simulate(one_tensor(), [decision])
+    assert sim.memory == memory
+    assert sim.peak_bytes == max(memory)
+    assert sim.extra_time_us == extra_us
+
+
+def test_exposed_copy_out_when_forward_is_too_short() -> None:
+    sim = simulate(one_tensor(copy_us=45), [Decision("a", Kind.OFFLOAD, 3)])
+    # copy-out from step 1: 20 us of forward left -> 25 exposed, alive to the end of forward;
+    # prefetch at 3 is hidden by steps 3-4 except 25 us
+    assert sim.memory == (100, 100, 100, 100, 100, 100, 100)
+    assert sim.exposed_d2h_us == 25 and sim.exposed_h2d_us == 25
+
+
+def test_link_is_shared_between_copies() -> None:
+    a = Candidate("a", 100, 0, 0, (5,), copy_us=20)
+    b = Candidate("b", 100, 1, 1, (4,), copy_us=20)
+    p = Problem(6, 3, (0,) * 6, (10,) * 6, (a, b))
+    sim = simulate(p, [Decision("a", Kind.OFFLOAD, 3), Decision("b", Kind.OFFLOAD, 3)])
+    # each copy alone is hidden, but 40 us of copies in 30 us of forward expose 10
+    assert sim.exposed_d2h_us == 10
+
+
+def chain_problem() -> Problem:
+    """x -> y -> z; x read at 6, y at 5, z at 4 (F=3, S=7)."""
+    x = Candidate("x", 10, 0, 1, (6,), (), 1)
+    y = Candidate("y", 20, 1, 2, (5,), (0,), 2)
+    z = Candidate("z", 40, 2, 2, (4,), (1,), 4, recomputable=False)
+    return Problem(7, 3, (0,) * 7, (10,) * 7, (x, y, z))
+
+
+def test_recompute_reads_inputs_at_its_restore_step() -> None:
+    p = chain_problem()
+    # y recomputed at 4: kept x is read then anyway; recomputing x too needs x by step 4
+    sim = simulate(p, [Decision("x", Kind.RECOMPUTE, 4), Decision("y", Kind.RECOMPUTE, 4),
+                       Decision("z", Kind.KEEP)])
+    assert sim.memory == (10, 30, 60, 40, 70, 30, 10)
+    assert sim.recompute_us == 3
+
+
+def test_kept_input_lives_until_a_late_recompute() -> None:
+    x = Candidate("x", 10, 0, 0, (3,), ())
+    y = Candidate("y", 20, 1, 1, (5,), (0,), 2)
+    p = Problem(6, 3, (0,) * 6, (10,) * 6, (x, y))
+    sim = simulate(p, [Decision("x", Kind.KEEP), Decision("y", Kind.RECOMPUTE, 5)])
+    assert sim.memory == (10, 30, 10, 10, 10, 30)
+
+
+@pytest.mark.parametrize("decisions,message", [
+    ([Decision("x", Kind.KEEP), Decision("y", Kind.KEEP), Decision("z", Kind.RECOMPUTE, 4)],
+     "cannot be recomputed"),
+    ([Decision("x", Kind.KEEP), Decision("y", Kind.RECOMPUTE, 6), Decision("z", Kind.KEEP)],
+     "first demand"),
+    ([Decision("x", Kind.KEEP), Decision("y", Kind.RECOMPUTE, 2), Decision("z", Kind.KEEP)],
+     "first demand"),
+    # y recomputed at 4 reads x at 4; x recomputed only at 6 is too late
+    ([Decision("x", Kind.RECOMPUTE, 6), Decision("y", Kind.RECOMPUTE, 4),
+      Decision("z", Kind.KEEP)], "first demand"),
+    ([Decision("x", Kind.OFFLOAD, 3), Decision("y", Kind.RECOMPUTE, 4),
+      Decision("z", Kind.KEEP)], "not eligible for offload"),
+    ([Decision("x", Kind.KEEP), Decision("y", Kind.KEEP)], "2 decisions for 3"),
+    ([Decision("y", Kind.KEEP), Decision("x", Kind.KEEP), Decision("z", Kind.KEEP)],
+     "expected 'x'"),
+])
+def test_structural_rules(decisions: list[Decision], message: str) -> None:
+    with pytest.raises(InvalidPlanError, match=message):
+        simulate(chain_problem(), decisions)
+
+
+def test_offloaded_tensor_may_not_be_read_early() -> None:
+    x = Candidate("x", 10, 0, 1, (6,), (), 1, copy_us=1)
+    y = Candidate("y", 20, 1, 1, (5,), (0,), 2)
+    p = Problem(7, 3, (0,) * 7, (10,) * 7, (x, y))
+    with pytest.raises(InvalidPlanError, match="before its own first backward use"):
+        simulate(p, [Decision("x", Kind.OFFLOAD, 5), Decision("y", Kind.RECOMPUTE, 5)])
+
+
+def test_non_keep_needs_a_reader() -> None:
+    x = Candidate("x", 10, 0, 1, (), ())
+    p = Problem(4, 2, (0,) * 4, (1,) * 4, (x,))
+    with pytest.raises(InvalidPlanError, match="must be 'keep'"):
+        simulate(p, [Decision("x", Kind.RECOMPUTE, 3)])
+    assert simulate(p, [Decision("x", Kind.KEEP)]).memory == (10, 10, 0, 0)
+
+
+def _plan(p: Problem, decisions: list[Decision], peak: int, extra: int, budget: int) -> Plan:
+    return Plan(tuple(decisions), peak, budget, peak, extra, "TEST", 0.0, p.content_hash, "x")
+
+
+def test_validate_checks_records_and_budget() -> None:
+    p = one_tensor()
+    keep = [Decision("a", Kind.KEEP)]
+    assert validate(p, _plan(p, keep, 100, 0, 100)).peak_bytes == 100
+    with pytest.raises(InvalidPlanError, match="exceeds its budget"):
+        validate(p, _plan(p, keep, 100, 0, 99))
+    with pytest.raises(InvalidPlanError, match="simulates to"):
+        validate(p, _plan(p, keep, 90, 0, 100))
+    with pytest.raises(InvalidPlanError, match="different problem"):
+        validate(one_tensor(bytes=101), _plan(p, keep, 100, 0, 100))
+
+
+def test_problem_checks_its_invariants() -> None:
+    with pytest.raises(ProblemError, match="bwd_uses"):
+        one_tensor(bwd_uses=(2,))
+    with pytest.raises(ProblemError, match="lowbit_bytes"):
+        one_tensor(lowbit_bytes=101)
+    with pytest.raises(ProblemError, match="produced earlier"):
+        Problem(4, 2, (0,) * 4, (1,) * 4, (Candidate("a", 1, 0, 0, (), (0,)),))
+
+
+def test_integer_scaling() -> None:
+    assert to_us(1.5e-6) == 2 and to_us(0.0) == 0 and to_us(2e-6) == 2
+    assert budget_bytes(0.5, 1001) == 500 and budget_bytes(4096, 1) == 4096
+    for bad in (0.0, 1.5, -3, True):
+        with pytest.raises(ProblemError):
+            budget_bytes(bad, 100)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 50), st.integers(0, 3), st.integers(0, 3),
+                          st.lists(st.integers(4, 7), max_size=3)), min_size=1, max_size=6),
+       st.lists(st.integers(0, 20), min_size=8, max_size=8))
+def test_keep_all_memory_is_the_sum_of_intervals(specs, fixed) -> None:  # type: ignore[no-untyped-def]
+    cands = tuple(Candidate(f"t{i}", b, min(p, f), max(p, f), tuple(sorted(set(u))))
+                  for i, (b, p, f, u) in enumerate(specs))
+    p = Problem(8, 4, tuple(fixed), (1,) * 8, cands)
+    sim = simulate(p, keep_all(p))
+    for s in range(8):
+        live = sum(c.bytes for c in cands
+                   if c.produced <= s <= max(c.last_fwd_use, *(c.bwd_uses or (0,))))
+        assert sim.memory[s] == fixed[s] + live
