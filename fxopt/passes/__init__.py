@@ -1,0 +1,78 @@
+"""Apply a `Plan` to the joint graph: the passes run in the fixed order of `PASSES`.
+
+A pass applies decisions and decides nothing. Anything it cannot apply safely raises
+`PlanApplyError`, and the caller falls back to PyTorch's partition for that graph.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch.fx as fx
+
+from fxopt.passes.lowbit import apply_lowbit
+from fxopt.passes.meta import Inserted, PlanApplyError, inserted_by
+from fxopt.passes.offload import apply_offload
+from fxopt.passes.recompute import place_recomputation
+from fxopt.passes.split import split_joint, unsafe_to_recompute
+from fxopt.solver.plan import Kind, Plan
+
+__all__ = ["PASSES", "AppliedPlan", "apply_plan", "Inserted", "PlanApplyError", "inserted_by",
+           "unsafe_to_recompute"]
+
+PASSES = ("split", "recompute", "lowbit", "offload")
+
+
+@dataclass(frozen=True)
+class AppliedPlan:
+    """The forward and backward graphs for Inductor, and how long each pass took."""
+
+    fwd: fx.GraphModule
+    bwd: fx.GraphModule
+    recomputed: tuple[str, ...]  # forward nodes the backward graph runs again
+    seconds: dict[str, float]
+
+
+def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
+               static_lifetime_input_indices: list[int] | None = None,
+               step_names: Sequence[str] = ()) -> AppliedPlan:
+    """`step_names[s]` names the joint-graph node of schedule step s (the planner's steps), so
+    a prefetch planned for step s is issued before that node; without it, before first use."""
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    saved = [d.name for d in plan.decisions if d.kind is not Kind.RECOMPUTE]
+    fwd, bwd, recomputed = split_joint(joint, saved, num_fwd_outputs=num_fwd_outputs,
+                                       static_lifetime_input_indices=static_lifetime_input_indices)
+    seconds["split"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bwd = place_recomputation(bwd, recomputed)
+    seconds["recompute"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    payloads: dict[str, str] = {}
+    for d in plan.decisions:
+        if d.kind.lowbit:
+            assert d.fmt is not None
+            apply_lowbit(fwd, bwd, d.name, d.fmt, num_fwd_outputs)
+            payloads[d.name] = _payload_name(fwd, d.name)
+    seconds["lowbit"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for d in plan.decisions:
+        if d.kind.offloaded:
+            at = step_names[d.restore_step] if d.restore_step is not None and \
+                d.restore_step < len(step_names) else None
+            apply_offload(fwd, bwd, payloads.get(d.name, d.name), num_fwd_outputs, at)
+    seconds["offload"] = time.perf_counter() - t0
+    for gm in (fwd, bwd):
+        gm.graph.lint()
+        gm.recompile()
+    return AppliedPlan(fwd, bwd, recomputed, seconds)
+
+
+def _payload_name(fwd: fx.GraphModule, tensor: str) -> str:
+    """The forward node holding the low-bit payload of `tensor` (its first stand-in)."""
+    return next(n.name for n in fwd.graph.nodes if (info := inserted_by(n)) is not None
+                and info.tensor == tensor and info.pass_name == "lowbit"
+                and n.target is operator.getitem and n.args[1] == 0)

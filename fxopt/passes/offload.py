@@ -1,0 +1,48 @@
+"""Offload chosen saved tensors to host memory in forward and prefetch them in backward."""
+
+from __future__ import annotations
+
+import torch
+import torch.fx as fx
+
+import fxopt.runtime.offload  # noqa: F401 - registers torch.ops.fxopt.offload / prefetch / wait_
+from fxopt.passes.boundary import call, replace_saved
+from fxopt.passes.meta import tag
+
+
+def apply_offload(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, num_fwd_outputs: int,
+                  prefetch_before: str | None = None) -> None:
+    """Offloads saved tensor `name`; the prefetch is issued before backward node
+    `prefetch_before` (default: right before first use) and waited for before first use."""
+    device: torch.device | None = None
+
+    def to_host(graph: fx.Graph, x: fx.Node) -> list[fx.Node]:
+        nonlocal device
+        device = x.meta["val"].device
+        return [call(graph, torch.ops.fxopt.offload.default, (x,), f"{name}_host")]
+
+    def from_host(graph: fx.Graph, inputs: list[fx.Node]) -> fx.Node:
+        return call(graph, torch.ops.fxopt.prefetch.default, (inputs[0], device),
+                    f"{name}_prefetched")
+
+    replace_saved(fwd, bwd, name, num_fwd_outputs, to_host, from_host, "offload", "offload")
+    prefetched = next(n for n in bwd.graph.nodes if n.op == "call_function"
+                      and n.target is torch.ops.fxopt.prefetch.default
+                      and n.args[0].name == _host_name(bwd, name))
+    order = {n: i for i, n in enumerate(bwd.graph.nodes)}
+    first_use = min(prefetched.users, key=order.__getitem__)
+    early = next((n for n in bwd.graph.nodes if n.name == prefetch_before), None)
+    if early is not None and order[early] < order[prefetched]:
+        early.prepend(prefetched)  # issue the copy early: it overlaps with compute
+    with bwd.graph.inserting_before(first_use):
+        wait = bwd.graph.call_function(torch.ops.fxopt.wait_.default, (prefetched,))
+        wait.meta["val"] = None
+    tag(wait, "offload", name, "offload")
+
+
+def _host_name(bwd: fx.GraphModule, name: str) -> str:
+    from fxopt.passes.meta import inserted_by
+
+    return next(n.name for n in bwd.graph.find_nodes(op="placeholder")
+                if (info := inserted_by(n)) is not None and info.tensor == name
+                and info.pass_name == "offload")

@@ -1,0 +1,84 @@
+"""Split the joint graph into forward and backward graphs, saving exactly what the plan keeps.
+
+Everything the backward needs that the plan does not save is recomputed in the backward graph;
+this module checks that each such recomputation is safe before it is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.fx as fx
+from torch._functorch import partitioners as P
+
+from fxopt.passes.meta import PlanApplyError
+
+
+def _is_sym(node: fx.Node) -> bool:
+    return P.is_sym_node(node)
+
+
+def unsafe_to_recompute(node: fx.Node) -> str | None:
+    """Why `node` must not run a second time in backward, or None when it may."""
+    target = node.target
+    if node.op != "call_function":
+        return None
+    if isinstance(target, torch._ops.OpOverload):
+        if torch.Tag.nondeterministic_seeded in target.tags:
+            return "it draws random numbers (replaying them needs the forward's RNG state)"
+        if target._schema.is_mutable:
+            return "it mutates its input in place"
+        if target.namespace == "_c10d_functional":
+            return "it is a collective"
+    if node.meta.get("recompute") == P.CheckpointPolicy.MUST_SAVE:
+        return "PyTorch marked it must-save"
+    return None
+
+
+def forward_side(joint: fx.GraphModule, num_fwd_outputs: int,
+                 static_lifetime_input_indices: list[int] | None = None) -> list[fx.Node]:
+    """Joint-graph nodes that run in forward: those the forward outputs need, and those that
+    depend on no tangent (PyTorch's "unclaimed" nodes), in graph order."""
+    info = P.classify_nodes(joint, static_lifetime_input_indices or [], num_fwd_outputs)
+    side = set(info.required_fw_nodes) | (set(info.unclaimed_nodes) - set(info.required_bw_nodes))
+    return [n for n in joint.graph.nodes if n in side]
+
+
+def needed_by_backward(joint: fx.GraphModule, num_fwd_outputs: int) -> list[fx.Node]:
+    """Forward-side nodes that some backward node reads directly."""
+    fwd = forward_side(joint, num_fwd_outputs)
+    side = set(fwd)
+    return [n for n in fwd if any(u not in side and u.op != "output" for u in n.users)]
+
+
+def split_joint(joint: fx.GraphModule, saved_names: Iterable[str], *, num_fwd_outputs: int,
+                static_lifetime_input_indices: list[int] | None
+                ) -> tuple[fx.GraphModule, fx.GraphModule, tuple[str, ...]]:
+    """Forward and backward graphs that save `saved_names` (plus the primals the backward
+    reads); returns them and the names of the forward nodes the backward recomputes."""
+    by_name = {n.name: n for n in joint.graph.nodes}
+    unknown = sorted(set(saved_names) - by_name.keys())
+    if unknown:
+        raise PlanApplyError(f"the plan names tensors this graph does not have: {unknown[:5]}")
+    info = P.classify_nodes(joint, static_lifetime_input_indices or [], num_fwd_outputs)
+    fwd_nodes = set(forward_side(joint, num_fwd_outputs, static_lifetime_input_indices))
+    saved_set = set(saved_names)
+    saved_values: list[fx.Node] = []
+    saved_syms: list[fx.Node] = []
+    for node in joint.graph.nodes:
+        is_primal = node.op == "placeholder" and P._is_primal(node)
+        if not (is_primal or node.name in saved_set or (node in fwd_nodes and _is_sym(node))):
+            continue
+        (saved_syms if _is_sym(node) else saved_values).append(node)
+    fwd, bwd = P._extract_fwd_bwd_modules(
+        joint, saved_values, saved_sym_nodes=saved_syms, num_fwd_outputs=num_fwd_outputs,
+        static_lifetime_input_nodes=info.static_lifetime_input_nodes)
+    recomputed = tuple(n.name for n in bwd.graph.nodes
+                       if n.op == "call_function" and by_name.get(n.name) in fwd_nodes)
+    for name in recomputed:
+        reason = unsafe_to_recompute(by_name[name])
+        if reason is not None:
+            raise PlanApplyError(f"the plan leaves {name} ({by_name[name].target}) to be "
+                                 f"recomputed in backward, but {reason}")
+    return fwd, bwd, recomputed

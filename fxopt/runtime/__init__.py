@@ -1,0 +1,1 @@
+"""Custom ops the rewritten graphs call at run time (CPU offload and prefetch)."""

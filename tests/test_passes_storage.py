@@ -1,0 +1,83 @@
+"""Low-bit and offload passes, every eligible saved tensor forced, run without Inductor."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.fx as fx
+
+from fxopt.passes import apply_plan, inserted_by
+from fxopt.passes.split import needed_by_backward
+from fxopt.solver.plan import Decision, Kind
+from tests.graph_harness import fx_backend, test_plan
+from tests.test_passes_recompute import MODELS, forward_candidates
+from tests.training import assert_step_matches, step, twin
+
+
+def storable(node: fx.Node) -> bool:
+    val = node.meta["val"]
+    return val.dtype.is_floating_point and val.numel() >= 64 and val.is_contiguous()
+
+
+def forced(kind: Kind, fmt: str | None):
+    def partition(joint, joint_inputs, **kwargs):
+        kwargs.pop("compiler", None)
+        nodes = forward_candidates(joint, kwargs["num_fwd_outputs"])
+        used = set(needed_by_backward(joint, kwargs["num_fwd_outputs"]))
+        chosen = [n for n in nodes if storable(n) and n in used]
+        rest = [n.name for n in nodes if n not in chosen]
+        decisions = tuple(Decision(n.name, kind, restore_step=0, fmt=fmt) for n in chosen)
+        applied = apply_plan(joint, test_plan(rest, [], decisions), **kwargs)
+        return applied.fwd, applied.bwd
+    return partition
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_offload_everything_is_exact(model_name):
+    make, batch, loss = MODELS[model_name]
+    torch.manual_seed(0)
+    model = make()
+    graphs: dict[str, fx.GraphModule] = {}
+    compiled = torch.compile(twin(model), backend=fx_backend(forced(Kind.OFFLOAD, None), graphs))
+    assert_step_matches(model, compiled, loss, batch())
+    fwd_ops = [n.target for n in graphs["fwd"].graph.nodes if inserted_by(n)]
+    bwd_ops = [n.target for n in graphs["bwd"].graph.nodes if n.op == "call_function"
+               and inserted_by(n)]
+    assert fwd_ops and set(fwd_ops) == {torch.ops.fxopt.offload.default}
+    assert bwd_ops.count(torch.ops.fxopt.prefetch.default) == len(fwd_ops)
+    assert bwd_ops.count(torch.ops.fxopt.wait_.default) == len(fwd_ops)
+    # Every offloaded tensor crosses the boundary on the host.
+    saved = graphs["fwd"].graph.find_nodes(op="output")[0].args[0]
+    hosts = [n for n in saved if isinstance(n, fx.Node) and n.target is torch.ops.fxopt.offload.default]
+    assert len(hosts) == len(fwd_ops) and all(h.meta["val"].device.type == "cpu" for h in hosts)
+
+
+# Norm-wise relative error of each parameter gradient after one step with every eligible saved
+# tensor in low bit (fp8 e4m3 keeps 3 mantissa bits, int8 about 7 bits per 128-element block).
+LOWBIT_RTOL = {"fp8": 0.15, "int8": 0.05}
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+@pytest.mark.parametrize("fmt, kind", [("fp8", Kind.LOWBIT), ("int8", Kind.LOWBIT),
+                                       ("fp8", Kind.LOWBIT_OFFLOAD)])
+def test_lowbit_everything_stays_close(model_name, fmt, kind):
+    make, batch, loss = MODELS[model_name]
+    torch.manual_seed(0)
+    model = make()
+    graphs: dict[str, fx.GraphModule] = {}
+    compiled = torch.compile(twin(model), backend=fx_backend(forced(kind, fmt), graphs))
+    data = batch()
+    loss_e, grads_e = step(model, loss, data, 0)
+    loss_c, grads_c = step(compiled, loss, data, 0)
+    torch.testing.assert_close(loss_c, loss_e)  # forward is untouched
+    for name, g in grads_e.items():
+        err = (grads_c[name] - g).norm() / g.norm().clamp_min(1e-12)
+        assert err < LOWBIT_RTOL[fmt], f"{name}: relative error {err:.4f}"
+    quantised = [n for n in graphs["fwd"].graph.nodes
+                 if n.target is torch.ops.fxopt.quantize.default]
+    assert quantised
+    if kind is Kind.LOWBIT_OFFLOAD:
+        offloaded = [n for n in graphs["fwd"].graph.nodes
+                     if n.target is torch.ops.fxopt.offload.default]
+        assert len(offloaded) == len(quantised)
+        assert all(n.meta["val"].dtype in (torch.float8_e4m3fn, torch.int8) for n in offloaded)
