@@ -46,4 +46,8 @@ def _install() -> None:
         partitioner = InvalidEnvironmentPartitioner(err)
     if inductor_config.custom_partitioner_fn is None:
         inductor_config.custom_partitioner_fn = partitioner
+        # See NOTE [Plans are never served from AOTAutograd's cache] in fxopt/compiler.py.
+        import torch._functorch.config as functorch_config
+
+        functorch_config.enable_autograd_cache = False
 

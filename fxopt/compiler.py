@@ -29,8 +29,12 @@ class FxoptBackend:
 
         # compile_fx runs AOTAutograd with Inductor's decompositions and joint-graph passes, then
         # calls the custom partitioner on the joint graph and compiles both halves with Inductor.
-        return compile_fx(gm, example_inputs,
-                          config_patches={"custom_partitioner_fn": FxoptPartitioner(self.options)})
+        # NOTE [Plans are never served from AOTAutograd's cache]: a cache hit would skip the
+        # partitioner, leaving no report for the graph; the plan itself is cached on disk by the
+        # solver, and Inductor's code cache still serves the compiled kernels.
+        with torch._functorch.config.patch(enable_autograd_cache=False):
+            return compile_fx(gm, example_inputs, config_patches={
+                "custom_partitioner_fn": FxoptPartitioner(self.options)})
 
 
 def backend(**options: Any) -> FxoptBackend:

@@ -8,6 +8,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from fxopt.config import Options
+from fxopt.dump import dump_report
 from fxopt.partition import partition_joint
 from fxopt.report import Report
 from fxopt.trace import LossFn, trace_training_step
@@ -33,4 +34,6 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
     trace_training_step(model, example_inputs, loss_fn, partition)
     if len(found) != 1:
         raise RuntimeError(f"expected one joint graph from the traced step, got {len(found)}")
+    if opts.dump_dir:
+        dump_report(found[0], opts.dump_dir)
     return found[0]

@@ -345,7 +345,11 @@ def _flops(n: fx.Node) -> int:
         return 0
     args, kwargs = torch.fx.node.map_arg((n.args, n.kwargs), lambda a: a.meta.get("val"))
     try:
-        return int(flop_registry[packet](*args, **kwargs, out_val=n.meta.get("val")))
+        flops = flop_registry[packet](*args, **kwargs, out_val=n.meta.get("val"))
+        # int() on a symbolic count would install a guard and specialise the dynamic shape.
+        if isinstance(flops, torch.SymInt):
+            return int(flops.node.hint) if flops.node.has_hint() else 0
+        return int(flops)
     except (TypeError, ValueError, RuntimeError, AttributeError):
         return 0
 

@@ -19,7 +19,11 @@ import torch.fx as fx
 from torch._functorch.partitioners import min_cut_rematerialization_partition
 from torch._inductor.custom_graph_pass import CustomPartitionerFn
 
-from fxopt.config import Options
+from fxopt.solver import InfeasibleBudgetError
+
+from fxopt.config import Options, OptionsError
+from fxopt.dump import dump_report
+from fxopt.pipeline import plan_joint, timeline_of
 from fxopt.records import add_report
 from fxopt.report import Report, SavedTensor, Stage
 
@@ -61,28 +65,70 @@ class FxoptPartitioner(CustomPartitionerFn):
                  ) -> tuple[fx.GraphModule, fx.GraphModule]:
         fwd, bwd, report = partition_joint(gm, joint_inputs, self.options, **kwargs)
         report = add_report(report)
+        if self.options.dump_dir:
+            dump_report(report, self.options.dump_dir)
         if self.options.debug:
             log.info("%s", report.summary())
         return fwd, bwd
 
 
+def _copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy with the same node names (PyTorch's partitioner rewrites the graph it is given)."""
+    graph = fx.Graph()
+    out = graph.graph_copy(gm.graph, {})
+    graph.output(out)
+    return fx.GraphModule(gm, graph)
+
+
+# NOTE [Fallback]
+# Planning errors the user must act on (an unreachable budget, bad options) propagate. Anything
+# else that stops a plan from being built or applied safely gives PyTorch's own partition for
+# that graph, with a warning that carries the cause: training goes on, gradients stay right.
 def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, **kwargs: Any
                     ) -> tuple[fx.GraphModule, fx.GraphModule, Report]:
     """Partitions one joint graph under `options`; returns both halves and the report."""
     start = time.perf_counter()
-    stages: list[Stage] = []
+    num_fwd_outputs = kwargs["num_fwd_outputs"]
+    static = kwargs.get("static_lifetime_input_indices")
     t0 = time.perf_counter()
-    # Until the planner decides, the partition is PyTorch's min-cut; the report is real.
-    fwd, bwd = min_cut_rematerialization_partition(gm, joint_inputs, **kwargs)
-    stages.append(Stage("partition", time.perf_counter() - t0))
-    saved = _saved_tensors(bwd)
+    default_fwd, default_bwd = min_cut_rematerialization_partition(
+        _copy_graph(gm), joint_inputs, **kwargs)
+    stages = [Stage("PyTorch partition", time.perf_counter() - t0)]
+    default_timeline = None
+    try:
+        default_timeline = timeline_of("PyTorch default", default_fwd, default_bwd)
+        planned = plan_joint(gm, options, num_fwd_outputs=num_fwd_outputs,
+                             static_lifetime_input_indices=static,
+                             default_peak_bytes=default_timeline.peak_bytes)
+    except (InfeasibleBudgetError, OptionsError):
+        raise
+    except Exception as err:  # noqa: BLE001 - see NOTE [Fallback]; the cause is logged in full
+        log.warning("fxopt: could not plan this graph (%s: %s); using PyTorch's default partition "
+                    "for it", type(err).__name__, err, exc_info=True)
+        report = Report(
+            options=options, strategy="PyTorch default", fallback_reason=f"{type(err).__name__}: "
+            f"{err}", plan=None, peak_bytes=None, baseline_peak_bytes=None, budget_bytes=None,
+            solve_seconds=0.0, joint_ops=_count_ops(gm), forward_ops=_count_ops(default_fwd),
+            backward_ops=_count_ops(default_bwd), saved=_saved_tensors(default_bwd),
+            seconds=time.perf_counter() - start, stages=tuple(stages),
+            forward_graph=default_fwd, backward_graph=default_bwd, joint_graph=gm,
+            default_peak_bytes=default_timeline.peak_bytes if default_timeline else None,
+            timelines=(default_timeline,) if default_timeline else ())
+        return default_fwd, default_bwd, report
+    plan = planned.plan
     report = Report(
-        options=options, strategy="min-cut", fallback_reason=None, plan=None, peak_bytes=None,
-        baseline_peak_bytes=None, budget_bytes=None, solve_seconds=0.0,
-        joint_ops=_count_ops(gm), forward_ops=_count_ops(fwd), backward_ops=_count_ops(bwd),
-        saved=saved, seconds=time.perf_counter() - start, stages=tuple(stages),
-        forward_graph=fwd, backward_graph=bwd)
-    return fwd, bwd, report
+        options=options, strategy="fxopt plan", fallback_reason=None, plan=plan,
+        peak_bytes=planned.peak_bytes, baseline_peak_bytes=planned.baseline_peak_bytes,
+        budget_bytes=planned.budget_bytes, solve_seconds=plan.solve_seconds,
+        joint_ops=_count_ops(gm), forward_ops=_count_ops(planned.fwd),
+        backward_ops=_count_ops(planned.bwd), saved=_saved_tensors(planned.bwd),
+        seconds=time.perf_counter() - start, stages=tuple(stages) + planned.stages,
+        forward_graph=planned.fwd, backward_graph=planned.bwd, status=plan.status,
+        extra_time_us=plan.extra_time_us, default_peak_bytes=default_timeline.peak_bytes,
+        tensors=planned.tensors, timelines=(planned.timelines[0], default_timeline,
+                                            planned.timelines[1]),
+        joint_graph=gm, problem=planned.built.problem)
+    return planned.fwd, planned.bwd, report
 
 
 def _enable_debug_logging() -> None:

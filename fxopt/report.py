@@ -27,6 +27,32 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class TensorRow:
+    """One planned tensor, for the report's table."""
+
+    name: str
+    shape: tuple[str, ...]
+    dtype: str
+    nbytes: int
+    choice: str  # "keep", "recompute", "offload", "lowbit", "lowbit_offload"
+    cost_us: int  # estimated time the choice adds to the step
+    reason: str  # why (e.g. "cheap to recompute", "random: never recomputed")
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Predicted live bytes at every schedule step for one partition of the graph."""
+
+    label: str  # "keep everything", "PyTorch default", "fxopt plan"
+    live_bytes: tuple[int, ...]
+    num_fwd_steps: int  # steps [0, num_fwd_steps) are forward, the rest backward
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.live_bytes, default=0)
+
+
+@dataclass(frozen=True)
 class Report:
     """The outcome of planning and partitioning one joint graph.
 
@@ -52,6 +78,13 @@ class Report:
     forward_graph: Any = field(repr=False, compare=False)  # torch.fx.GraphModule
     backward_graph: Any = field(repr=False, compare=False)
     index: int = -1  # position in the process-wide list; -1 for fxopt.explain
+    status: str = ""  # solver status ("OPTIMAL", "FEASIBLE", "GREEDY", ...), "" when not planned
+    extra_time_us: int = 0  # estimated time the plan adds to the step
+    default_peak_bytes: int | None = None  # predicted peak of PyTorch's default partition
+    tensors: tuple[TensorRow, ...] = ()  # every planned tensor
+    timelines: tuple[Timeline, ...] = ()  # keep everything / PyTorch default / fxopt plan
+    joint_graph: Any = field(default=None, repr=False, compare=False)  # before partitioning
+    problem: Any = field(default=None, repr=False, compare=False)  # fxopt.solver.Problem
 
     @property
     def saved_bytes(self) -> int:
@@ -70,4 +103,11 @@ class Report:
                 f"{self.seconds * 1e3:.0f} ms")
 
     def __str__(self) -> str:
-        return self.summary()
+        from fxopt.render_text import render_text
+
+        return render_text(self)
+
+    def _repr_html_(self) -> str:
+        from fxopt.render_html import render_html
+
+        return render_html(self)

@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 
 import fxopt
+import fxopt.solver
 from examples.gpt import GPT, GPTConfig
 
 
@@ -35,3 +36,54 @@ def test_explain_needs_trainable_parameters():
     model = nn.Linear(3, 3).requires_grad_(False)
     with pytest.raises(ValueError, match="no parameter that requires grad"):
         fxopt.explain(model, torch.randn(2, 3))
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(64, 512), nn.GELU(), nn.Linear(512, 512), nn.GELU(),
+                         nn.Linear(512, 1))
+
+
+def test_plan_meets_budget_and_reports_everything():
+    report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.9)
+    assert report.strategy == "fxopt plan" and report.plan is not None
+    assert report.peak_bytes <= report.budget_bytes < report.baseline_peak_bytes
+    assert report.default_peak_bytes is not None
+    assert {t.label for t in report.timelines} == {"keep everything", "PyTorch default",
+                                                   "fxopt plan"}
+    assert len(report.tensors) == len(report.plan.decisions)
+    assert any(t.choice == "recompute" for t in report.tensors)
+
+
+def test_unreachable_budget_names_the_minimum():
+    with pytest.raises(fxopt.solver.InfeasibleBudgetError) as info:
+        fxopt.explain(mlp(), torch.randn(256, 64), budget=0.3)
+    message = str(info.value)
+    assert "smallest reachable peak" in message and "Raise the budget to at least" in message
+    assert info.value.min_peak_bytes > info.value.budget_bytes  # carried for programs too
+
+
+def test_plan_that_cannot_be_applied_falls_back_with_warning(monkeypatch, caplog):
+    from fxopt import pipeline
+    from fxopt.passes import PlanApplyError
+
+    def refuse(*args, **kwargs):
+        raise PlanApplyError("simulated unsafe rewrite")
+
+    monkeypatch.setattr(pipeline, "apply_plan", refuse)
+    with caplog.at_level("WARNING", logger="fxopt"):
+        report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.9)
+    assert report.strategy == "PyTorch default"
+    assert "simulated unsafe rewrite" in report.fallback_reason
+    assert any("simulated unsafe rewrite" in r.getMessage() for r in caplog.records)
+
+
+def test_dump_dir_gets_every_stage(tmp_path):
+    from fxopt.solver import Plan
+
+    report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.9, dump_dir=str(tmp_path))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    for stage in ("joint.py", "problem.json", "plan.json", "forward.py", "backward.py",
+                  "report.txt", "report.html"):
+        assert any(n.endswith(stage) for n in names), (stage, names)
+    plan_file = next(p for p in tmp_path.iterdir() if p.name.endswith("plan.json"))
+    assert Plan.from_json(plan_file.read_text()) == report.plan

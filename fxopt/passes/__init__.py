@@ -48,7 +48,10 @@ def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
                                        static_lifetime_input_indices=static_lifetime_input_indices)
     seconds["split"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    bwd = place_recomputation(bwd, recomputed)
+    restore = {d.name: step_names[d.restore_step] for d in plan.decisions
+               if d.kind is Kind.RECOMPUTE and d.restore_step is not None
+               and d.restore_step < len(step_names)}
+    bwd = place_recomputation(bwd, recomputed, restore)
     seconds["recompute"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     payloads: dict[str, str] = {}

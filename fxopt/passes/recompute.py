@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import torch.fx as fx
 
@@ -15,8 +15,16 @@ from fxopt.passes.meta import tag
 # would save nothing. Walking the backward nodes in order and emitting each one's not yet
 # emitted recompute inputs just before it gives every recomputed tensor the shortest life, the
 # same order PyTorch's autograd engine would give a checkpointed region.
-def place_recomputation(bwd: fx.GraphModule, recomputed: Collection[str]) -> fx.GraphModule:
+def place_recomputation(bwd: fx.GraphModule, recomputed: Collection[str],
+                        restore_before: Mapping[str, str] | None = None) -> fx.GraphModule:
+    """`restore_before[t] = n`: the plan recomputes tensor t right before backward node n (its
+    restore step); every other recomputed node comes right before its first use."""
     recomputed_set = set(recomputed)
+    scheduled: dict[str, list[fx.Node]] = {}
+    by_name = {n.name: n for n in bwd.graph.nodes}
+    for tensor, before in (restore_before or {}).items():
+        if tensor in by_name and before in by_name and tensor in recomputed_set:
+            scheduled.setdefault(before, []).append(by_name[tensor])
     graph = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     order = {node: i for i, node in enumerate(bwd.graph.nodes)}
@@ -39,6 +47,8 @@ def place_recomputation(bwd: fx.GraphModule, recomputed: Collection[str]) -> fx.
             env[node] = graph.node_copy(node, env.__getitem__)
     for node in bwd.graph.nodes:
         if node.name not in recomputed_set:
+            for early in sorted(scheduled.get(node.name, ()), key=order.__getitem__):
+                emit(early)
             emit(node)
     out = fx.GraphModule(bwd, graph)
     out.graph.lint()

@@ -68,7 +68,9 @@ def split_joint(joint: fx.GraphModule, saved_names: Iterable[str], *, num_fwd_ou
     saved_syms: list[fx.Node] = []
     for node in joint.graph.nodes:
         is_primal = node.op == "placeholder" and P._is_primal(node)
-        if not (is_primal or node.name in saved_set or (node in fwd_nodes and _is_sym(node))):
+        # Symbolic sizes cross as the primals that bind them; derived ones (SymFloats such as
+        # batch norm's 1/N) are recomputed in backward, where Inductor handles them.
+        if not (is_primal or node.name in saved_set):
             continue
         (saved_syms if _is_sym(node) else saved_values).append(node)
     fwd, bwd = P._extract_fwd_bwd_modules(

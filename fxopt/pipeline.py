@@ -1,0 +1,113 @@
+"""Plan one joint graph: view -> cost models -> Problem -> CP-SAT -> passes.
+
+Each stage is timed; `partition.py` decides what to do when a stage fails.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+from fxopt.config import Options
+from fxopt.cost_models.device import get_profile
+from fxopt.cost_models.memory import simulate_partition
+from fxopt.graph import GraphView, Side
+from fxopt.passes import apply_plan
+from fxopt.report import Stage, TensorRow, Timeline
+from fxopt.solver import Kind, Plan, SolverOptions, keep_all, simulate, solve
+from fxopt.solver.build import BuiltProblem, build_problem
+
+
+@dataclass(frozen=True)
+class Planned:
+    fwd: fx.GraphModule
+    bwd: fx.GraphModule
+    plan: Plan
+    built: BuiltProblem
+    peak_bytes: int  # predicted by the memory simulator on the rewritten graphs
+    baseline_peak_bytes: int
+    budget_bytes: int
+    tensors: tuple[TensorRow, ...]
+    timelines: tuple[Timeline, ...]
+    stages: tuple[Stage, ...]
+
+
+def graph_device(gm: fx.GraphModule) -> torch.device:
+    for node in gm.graph.find_nodes(op="placeholder"):
+        val = node.meta.get("val")
+        if isinstance(val, torch.Tensor):
+            return val.device
+    return torch.device("cpu")
+
+
+def timeline_of(label: str, fwd: fx.GraphModule, bwd: fx.GraphModule) -> Timeline:
+    sim = simulate_partition(GraphView.from_fx(fwd, side=Side.FWD),
+                             GraphView.from_fx(bwd, side=Side.BWD))
+    num_fwd = sum(1 for s in sim.steps if s.side is Side.FWD)
+    return Timeline(label, tuple(s.live_bytes for s in sim.steps), num_fwd)
+
+
+def _reason(kind: Kind, info_unsafe: str | None, lowbit_rule: str) -> str:
+    if kind is Kind.KEEP:
+        return f"kept: {info_unsafe}" if info_unsafe else "kept: cheaper than the alternatives"
+    if kind is Kind.RECOMPUTE:
+        return "recomputed before its restore step"
+    if kind.lowbit:
+        return f"low-bit: {lowbit_rule}"
+    return "offloaded: copy hidden behind compute where possible"
+
+
+def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
+               static_lifetime_input_indices: list[int] | None,
+               default_peak_bytes: int | None) -> Planned:
+    """Plans `gm` under `options`; `default_peak_bytes` (PyTorch's partition, predicted) is the
+    budget when the options give none."""
+    stages: list[Stage] = []
+    t0 = time.perf_counter()
+    joint = GraphView.from_fx(gm, num_fwd_outputs=num_fwd_outputs,
+                              static_lifetime_input_indices=static_lifetime_input_indices)
+    device = graph_device(gm)
+    offload = options.offload if options.offload is not None else device.type == "cuda"
+    profile = get_profile(options.device.value)
+    lowbit = options.lowbit.value if options.lowbit is not None else None
+    built = build_problem(joint, profile)
+    baseline = simulate(built.problem, keep_all(built.problem))
+    stages.append(Stage("cost models", time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    if options.budget is not None:
+        budget = options.budget.resolve(baseline.peak_bytes)
+    else:
+        budget = min(baseline.peak_bytes, default_peak_bytes or baseline.peak_bytes)
+    solver_options = SolverOptions(time_limit_s=options.time_limit_s, allow_offload=offload,
+                                   allow_lowbit=lowbit)
+    plan = solve(built.problem, budget, solver_options)
+    stages.append(Stage("solve", time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    applied = apply_plan(gm, plan, num_fwd_outputs=num_fwd_outputs,
+                         static_lifetime_input_indices=static_lifetime_input_indices,
+                         step_names=built.step_names)
+    stages.append(Stage("passes", time.perf_counter() - t0))
+
+    t0 = time.perf_counter()
+    planned = timeline_of("fxopt plan", applied.fwd, applied.bwd)
+    keep = Timeline("keep everything", baseline.memory, built.problem.num_fwd_steps)
+    stages.append(Stage("check", time.perf_counter() - t0))
+    costs = {d.name: 0 for d in plan.decisions}
+    for cand, d in zip(built.problem.candidates, plan.decisions):
+        if d.kind is Kind.RECOMPUTE:
+            costs[d.name] = cand.recompute_us
+        elif d.kind.lowbit:
+            costs[d.name] = cand.cast_us
+        elif d.kind.offloaded:
+            costs[d.name] = cand.copy_us
+    tensors = tuple(
+        TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind.value, costs[d.name],
+                  _reason(d.kind, info.not_recomputable, info.lowbit_rule))
+        for cand, info, d in zip(built.problem.candidates, built.info, plan.decisions))
+    return Planned(applied.fwd, applied.bwd, plan, built, planned.peak_bytes,
+                   baseline.peak_bytes, budget, tensors, (keep, planned), tuple(stages))

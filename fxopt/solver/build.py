@@ -1,0 +1,147 @@
+"""From the joint graph's view and the cost models to the planner's integer `Problem`.
+
+This is the only solver module that knows about graphs; the rest of `fxopt.solver` works on the
+`Problem` alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from fxopt.cost_models.device import DeviceProfile
+from fxopt.cost_models.fusion import Kernel, kernels_of
+from fxopt.cost_models.memory import Key, Step, simulate_steps, steps_of_partition
+from fxopt.cost_models.plan import keep_everything, split_joint
+from fxopt.cost_models.runtime import cast_seconds, kernel_seconds, transfer_seconds
+from fxopt.graph import GraphView
+from fxopt.lowbit_rules import LowbitRules, SavedTensorFacts, decide
+from fxopt.solver.problem import Candidate, Problem, to_us
+
+LOWBIT_BLOCK = 128  # elements per fp32 scale (the low-bit pass stores block scales)
+
+
+@dataclass(frozen=True)
+class CandidateInfo:
+    """What the report says about a candidate besides the Problem's integers."""
+
+    name: str
+    shape: tuple[str, ...]
+    dtype: str
+    not_recomputable: str | None  # why it may not be recomputed, if so
+    lowbit_rule: str  # the low-bit rule table's reason
+
+
+@dataclass(frozen=True)
+class BuiltProblem:
+    """The Problem, the joint node that each schedule step computes, and per-candidate notes."""
+
+    problem: Problem
+    step_names: tuple[str, ...]
+    info: tuple[CandidateInfo, ...]
+
+
+def _value_names(joint: GraphView) -> dict[tuple[str, int], str]:
+    """(node, output index) -> the joint node naming that value (getitem for tuple outputs)."""
+    names = {(n.name, 0): n.name for n in joint.nodes}
+    for n in joint.nodes:
+        if n.op == "getitem" and n.alias_of is not None:
+            names[(n.alias_of, n.alias_index)] = n.name
+    return names
+
+
+def _unsafe(joint: GraphView, kernel: Kernel | None, name: str) -> str | None:
+    nodes = kernel.nodes if kernel is not None else (name,)
+    for node_name in nodes:
+        node = joint.by_name.get(node_name)
+        if node is None:
+            continue
+        if node.is_random:
+            return f"{node.name} draws random numbers"
+        if node.is_mutating:
+            return f"{node.name} mutates its input"
+    return None
+
+
+def build_problem(joint: GraphView, profile: DeviceProfile,
+                  lowbit_rules: LowbitRules | None = None) -> BuiltProblem:
+    """The planning problem of one joint graph, on the keep-everything schedule.
+
+    Offload and low-bit costs are filled in for every eligible tensor whatever the options
+    allow (the solver's options restrict the choices), so an infeasible budget can say which
+    option would have reached it."""
+    fwd, bwd = split_joint(joint, keep_everything(joint))
+    steps, initial, kept, num_fwd = steps_of_partition(fwd, bwd)
+    kernels = {k.name: k for k in kernels_of(fwd)}
+    bwd_kernels = {k.name: k for k in kernels_of(bwd)}
+    value_names = _value_names(joint)
+
+    # Candidates: every buffer a forward kernel writes, except what outlives the step anyway.
+    writer: dict[Key, int] = {}
+    for s, step in enumerate(steps[:num_fwd]):
+        for key, nbytes in step.writes:
+            if key not in kept and nbytes > 0 and (key[1], key[2]) in value_names:
+                writer.setdefault(key, s)
+    keys = sorted(writer, key=lambda k: (writer[k], k))
+    index = {k: i for i, k in enumerate(keys)}
+    reads_at: dict[Key, list[int]] = {k: [] for k in keys}
+    for s, step in enumerate(steps):
+        if step.name == "<backward>":  # the hand-over reads everything; it is no real use
+            continue
+        for key in step.reads:
+            if key in reads_at:
+                reads_at[key].append(s)
+
+    candidates, info = [], []
+    for key in keys:
+        s = writer[key]
+        name = value_names[(key[1], key[2])]
+        node = joint[name]
+        meta = node.outputs[0] if node.outputs else joint[key[1]].outputs[key[2]]
+        nbytes = dict(steps[s].writes)[key]
+        uses = reads_at[key]
+        fwd_uses = [u for u in uses if u < num_fwd]
+        bwd_uses = tuple(sorted({u for u in uses if u >= num_fwd}))
+        kernel = kernels.get(steps[s].name)
+        unsafe = _unsafe(joint, kernel, key[1])
+        inputs = tuple(sorted({index[r] for r in steps[s].reads if r in index and r != key}))
+        numel = meta.numel_hint
+        rule = decide(SavedTensorFacts(
+            producer=joint[key[1]].op, dtype=meta.dtype, numel=numel,
+            consumers=tuple(joint[u].op for u in node.users), output_index=key[2], name=name),
+            lowbit_rules or LowbitRules())
+        lowbit_ok = rule.eligible and bool(bwd_uses)
+        candidates.append(Candidate(
+            name=name, bytes=nbytes, produced=s, last_fwd_use=max([s, *fwd_uses]),
+            bwd_uses=bwd_uses, inputs=tuple(i for i in inputs if writer[keys[i]] < s),
+            recompute_us=to_us(kernel_seconds(fwd, kernel, profile)) if kernel else 0,
+            recomputable=unsafe is None and kernel is not None,
+            lowbit_bytes=(numel + 4 * math.ceil(numel / LOWBIT_BLOCK)) if lowbit_ok else 0,
+            cast_us=to_us(2 * cast_seconds(numel, meta.itemsize, 1, profile)) if lowbit_ok else 0,
+            copy_us=to_us(transfer_seconds(nbytes, profile)) if bwd_uses else 0))
+        info.append(CandidateInfo(name, tuple(str(d) for d in meta.shape), meta.dtype, unsafe,
+                                  rule.reason))
+
+    # NOTE [Fixed part]
+    # The fixed part at a step is the simulated keep-everything memory minus the candidates alive
+    # there under keep-everything. Subtracting (rather than simulating without the candidates)
+    # keeps Inductor's in-place reuse right: a buffer written into a dying candidate's storage
+    # costs nothing at that step, where the candidate is counted, and is fixed from then on.
+    # When both are candidates the Problem cannot share their storage at that one step; the
+    # fixed part is clamped at zero there, which overstates that step by at most the smaller.
+    full = simulate_steps(steps, initial=initial, keep=kept, boundary=num_fwd)
+    live = [m.live_bytes for m in full.steps]
+    for c in candidates:
+        for t in range(c.produced, max(c.last_fwd_use, *c.bwd_uses, c.produced) + 1):
+            live[t] -= c.bytes
+    live = [max(0, b) for b in live]
+    step_us = []
+    for st in steps:
+        k = kernels.get(st.name) if st.side.value == "fwd" else bwd_kernels.get(st.name)
+        view = fwd if st.side.value == "fwd" else bwd
+        step_us.append(to_us(kernel_seconds(view, k, profile)) if k is not None else 0)
+    problem = Problem(num_steps=len(steps), num_fwd_steps=num_fwd,
+                      fixed_bytes=tuple(live),
+                      step_us=tuple(step_us), candidates=tuple(candidates))
+    return BuiltProblem(problem, tuple(st.name for st in steps), tuple(info))
+
