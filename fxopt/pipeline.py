@@ -73,7 +73,7 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     offload = options.offload if options.offload is not None else device.type == "cuda"
     profile = get_profile(options.device.value)
     lowbit = options.lowbit.value if options.lowbit is not None else None
-    built = build_problem(joint, profile)
+    built = build_problem(joint, profile, host_is_device=device.type == "cpu")
     baseline = simulate(built.problem, keep_all(built.problem))
     stages.append(Stage("cost models", time.perf_counter() - t0))
 

@@ -63,7 +63,7 @@ def _unsafe(joint: GraphView, kernel: Kernel | None, name: str) -> str | None:
     return None
 
 
-def build_problem(joint: GraphView, profile: DeviceProfile,
+def build_problem(joint: GraphView, profile: DeviceProfile, *, host_is_device: bool = False,
                   lowbit_rules: LowbitRules | None = None) -> BuiltProblem:
     """The planning problem of one joint graph, on the keep-everything schedule.
 
@@ -118,7 +118,8 @@ def build_problem(joint: GraphView, profile: DeviceProfile,
             recomputable=unsafe is None and kernel is not None,
             lowbit_bytes=(numel + 4 * math.ceil(numel / LOWBIT_BLOCK)) if lowbit_ok else 0,
             cast_us=to_us(2 * cast_seconds(numel, meta.itemsize, 1, profile)) if lowbit_ok else 0,
-            copy_us=to_us(transfer_seconds(nbytes, profile)) if bwd_uses else 0))
+            copy_us=to_us(transfer_seconds(nbytes, profile))
+            if bwd_uses and not host_is_device else 0))
         info.append(CandidateInfo(name, tuple(str(d) for d in meta.shape), meta.dtype, unsafe,
                                   rule.reason))
 
