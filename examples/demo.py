@@ -71,6 +71,13 @@ def main() -> None:
     print("\nWhat fxopt did:")
     for report in fxopt.reports():
         print(" ", report.summary())
+        if report.plan is not None:
+            counts = ", ".join(f"{n} {k}" for k, n in report.plan.counts().items() if n)
+            print(f"  plan: {counts}; solver {report.status} in {report.solve_seconds:.2f} s; "
+                  f"estimated extra time {report.extra_time_us / 1e3:.2f} ms per step")
+            for row in sorted(report.tensors, key=lambda r: -r.nbytes)[:5]:
+                print(f"    {row.name:>24} {format_bytes(row.nbytes):>11}  {row.choice:<9} "
+                      f"{row.reason}")
     change = (ours["peak"] - base["peak"]) / base["peak"] * 100
     print(f"\nmeasured peak: torch.compile {format_bytes(base['peak'])}, fxopt "
           f"{format_bytes(ours['peak'])} ({change:+.1f}%)")

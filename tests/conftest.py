@@ -8,6 +8,11 @@ import pytest
 import torch
 
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+# Without CUDA the Triton kernels run under the interpreter. Triton decides at decoration time,
+# for its own standard library too, so this must precede every import of triton in the session
+# (Inductor imports it while other test modules are collected). CPU Inductor does not use Triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)
