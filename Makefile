@@ -26,5 +26,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
+bench: $(STAMP)
+	$(PY) -m benchmarks.bench_pareto
+
+bench-quick: $(STAMP)
+	$(PY) -m benchmarks.bench_pareto --quick
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
