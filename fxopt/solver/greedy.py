@@ -8,7 +8,7 @@ from fxopt.solver.errors import InvalidPlanError
 from fxopt.solver.options import SolverOptions
 from fxopt.solver.plan import Decision, Kind
 from fxopt.solver.problem import Candidate, Problem
-from fxopt.solver.validate import (Simulation, bytes_at, d2h_window, h2d_exposed,
+from fxopt.solver.validate import (Simulation, bytes_at, d2h_window, demands, h2d_exposed,
                                    prefetch_points, simulate)
 
 # NOTE [Greedy planner]
@@ -107,21 +107,12 @@ def _options_for(problem: Problem, i: int, opts: SolverOptions, dem: Sequence[in
     return out
 
 
-def _demands(problem: Problem, decisions: Sequence[Decision]) -> list[list[int]]:
-    dem = [list(c.bwd_uses) for c in problem.candidates]
-    for c, d in zip(problem.candidates, decisions):
-        if d.kind is Kind.RECOMPUTE:
-            for j in c.inputs:
-                dem[j].append(d.restore_step)  # type: ignore[arg-type]
-    return dem
-
-
 def _ranked_moves(problem: Problem, decisions: Sequence[Decision], kinds: Sequence[Kind],
                   step: int, opts: SolverOptions, storage_first: str, upgrade: bool
                   ) -> list[tuple[tuple[float, int], int, dict[int, tuple[Kind, int | None]]]]:
     """(score, bytes freed at `step`, move) for the best further choice of every tensor alive
     at `step`, best first; a move maps tensor -> (kind, prefetch)."""
-    dem = _demands(problem, decisions)
+    dem = demands(problem, decisions)
     link = _link_state(problem, decisions)
     ranked = []
     cands = problem.candidates
