@@ -6,7 +6,6 @@ A pass applies decisions and decides nothing. Anything it cannot apply safely ra
 
 from __future__ import annotations
 
-import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,8 +57,7 @@ def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
     for d in plan.decisions:
         if d.kind.lowbit:
             assert d.fmt is not None
-            apply_lowbit(fwd, bwd, d.name, d.fmt, num_fwd_outputs)
-            payloads[d.name] = _payload_name(fwd, d.name)
+            payloads[d.name] = apply_lowbit(fwd, bwd, d.name, d.fmt, num_fwd_outputs)
     seconds["lowbit"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     for d in plan.decisions:
@@ -73,9 +71,3 @@ def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
         gm.recompile()
     return AppliedPlan(fwd, bwd, recomputed, seconds)
 
-
-def _payload_name(fwd: fx.GraphModule, tensor: str) -> str:
-    """The forward node holding the low-bit payload of `tensor` (its first stand-in)."""
-    return next(n.name for n in fwd.graph.nodes if (info := inserted_by(n)) is not None
-                and info.tensor == tensor and info.pass_name == "lowbit"
-                and n.target is operator.getitem and n.args[1] == 0)

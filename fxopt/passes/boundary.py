@@ -39,16 +39,57 @@ def call(graph: fx.Graph, target: Any, args: tuple[Any, ...], name: str | None =
     return node
 
 
+def inline(graph: fx.Graph, fn: Callable[..., Any], args: tuple[Any, ...],
+           tag_as: tuple[str, str, str]) -> list[fx.Node]:
+    """Traces `fn(*args)` to aten ops on the args' fake values, decomposed as Inductor expects
+    its input graphs, and copies those ops into `graph` at its insertion point, so that
+    Inductor can fuse them; returns the output nodes."""
+    from torch._inductor.decomposition import select_decomp_table
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    nodes = [a for a in args if isinstance(a, fx.Node)]
+    vals = [n.meta["val"] for n in nodes]
+    mode = next(v.fake_mode for v in vals if isinstance(v, torch.Tensor))
+
+    def traced(*tensors: Any) -> Any:
+        it = iter(tensors)
+        return fn(*[next(it) if isinstance(a, fx.Node) else a for a in args])
+
+    with mode:
+        gm = make_fx(traced, decomposition_table=select_decomp_table())(*vals)
+    if gm.graph.find_nodes(op="get_attr"):
+        raise PlanApplyError(f"{getattr(fn, '__name__', fn)} traced to tensor constants")
+    env: dict[fx.Node, fx.Node] = dict(zip(gm.graph.find_nodes(op="placeholder"), nodes))
+    for node in gm.graph.nodes:
+        if node.op == "call_function":
+            env[node] = graph.node_copy(node, env.__getitem__)
+            tag(env[node], *tag_as)
+    (out,) = gm.graph.find_nodes(op="output")
+    results = out.args[0]
+    return [env[r] for r in (results if isinstance(results, (tuple, list)) else [results])]
+
+
 def getitem(graph: fx.Graph, node: fx.Node, index: int, name: str | None = None) -> fx.Node:
     item = graph.create_node("call_function", operator.getitem, (node, index), name=name)
     item.meta["val"] = node.meta["val"][index]
     return item
 
 
+def _free_name(graph: fx.Graph, base: str) -> str:
+    taken = {n.name for n in graph.nodes} | {str(n.target) for n in graph.find_nodes(
+        op="placeholder")}
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
 def replace_saved(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, num_fwd_outputs: int,
                   make_stand_ins: MakeStandIns, rebuild: Rebuild, pass_name: str,
-                  decision: str) -> None:
-    """Saves `make_stand_ins(x)` instead of `x`, and rebuilds `x` in backward by `rebuild`."""
+                  decision: str) -> list[fx.Node]:
+    """Saves `make_stand_ins(x)` instead of `x`, and rebuilds `x` in backward by `rebuild`;
+    returns the forward stand-ins."""
     output = fwd.graph.find_nodes(op="output")[0]
     outs = list(output.args[0])
     saved = outs[num_fwd_outputs:]
@@ -73,8 +114,10 @@ def replace_saved(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, num_fwd_o
                        None) or next(n for n in placeholders if n.name == name)
     with bwd.graph.inserting_before(placeholder):
         new_inputs = []
-        for node in stand_ins:
-            ph = bwd.graph.placeholder(node.name)  # fx renames it if the name is taken
+        for i, node in enumerate(stand_ins):
+            # A fresh, distinctive target: a placeholder whose target differs from its name
+            # (fx renaming a taken name) would shadow other values in the generated code.
+            ph = bwd.graph.placeholder(_free_name(bwd.graph, f"{name}_{pass_name}_{i}"))
             ph.meta.update({k: v for k, v in placeholder.meta.items() if k != "val"})
             ph.meta[SAVED_AS] = node.name
             ph.meta["val"] = node.meta["val"]
@@ -87,3 +130,4 @@ def replace_saved(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, num_fwd_o
     tag(rebuilt, pass_name, name, decision)
     placeholder.replace_all_uses_with(rebuilt)
     bwd.graph.erase_node(placeholder)
+    return stand_ins
