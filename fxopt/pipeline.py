@@ -17,8 +17,8 @@ from fxopt.cost_models.memory import simulate_partition
 from fxopt.graph import GraphView, Side
 from fxopt.passes import AppliedPlan, apply_plan
 from fxopt.report import Stage, TensorRow, Timeline
-from fxopt.solver import (InfeasibleBudgetError, Kind, Plan, SolverOptions, keep_all,
-                          simulate, solve)
+from fxopt.solver import (Candidate, Decision, InfeasibleBudgetError, Kind, Plan,
+                          SolverOptions, keep_all, simulate, solve)
 from fxopt.solver.build import BuiltProblem, build_problem
 
 
@@ -49,6 +49,17 @@ def timeline_of(label: str, fwd: fx.GraphModule, bwd: fx.GraphModule) -> Timelin
                              GraphView.from_fx(bwd, side=Side.BWD))
     num_fwd = sum(1 for s in sim.steps if s.side is Side.FWD)
     return Timeline(label, tuple(s.live_bytes for s in sim.steps), num_fwd)
+
+
+def _cost_us(cand: Candidate, decision: Decision) -> int:
+    """The time the decision's own kernel or copy costs (what the report's table shows)."""
+    if decision.kind is Kind.RECOMPUTE:
+        return cand.recompute_us
+    if decision.kind.lowbit:
+        return cand.cast_us
+    if decision.kind.offloaded:
+        return cand.copy_us
+    return 0
 
 
 def _reason(kind: Kind, info_unsafe: str | None, lowbit_rule: str) -> str:
@@ -124,16 +135,8 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                                               static_lifetime_input_indices)
     stages.append(Stage("solve, passes and check", time.perf_counter() - t0))
     keep = Timeline("keep everything", baseline.memory, built.problem.num_fwd_steps)
-    costs = {d.name: 0 for d in plan.decisions}
-    for cand, d in zip(built.problem.candidates, plan.decisions):
-        if d.kind is Kind.RECOMPUTE:
-            costs[d.name] = cand.recompute_us
-        elif d.kind.lowbit:
-            costs[d.name] = cand.cast_us
-        elif d.kind.offloaded:
-            costs[d.name] = cand.copy_us
     tensors = tuple(
-        TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind.value, costs[d.name],
+        TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind.value, _cost_us(cand, d),
                   _reason(d.kind, info.not_recomputable, info.lowbit_rule))
         for cand, info, d in zip(built.problem.candidates, built.info, plan.decisions))
     return Planned(applied.fwd, applied.bwd, plan, built, planned.peak_bytes,

@@ -7,11 +7,18 @@ import torch
 import torch.fx as fx
 
 from fxopt.passes import apply_plan, inserted_by
-from fxopt.passes.split import needed_by_backward
+from fxopt.passes.split import forward_side
 from fxopt.solver.plan import Decision, Kind
 from tests.graph_harness import fx_backend, test_plan
 from tests.test_passes_recompute import MODELS, forward_candidates
 from tests.training import assert_step_matches, step, twin
+
+
+def needed_by_backward(joint: fx.GraphModule, num_fwd_outputs: int) -> list[fx.Node]:
+    """Forward-side nodes that some backward node reads directly (what the split saves)."""
+    fwd = forward_side(joint, num_fwd_outputs)
+    side = set(fwd)
+    return [n for n in fwd if any(u not in side and u.op != "output" for u in n.users)]
 
 
 def storable(node: fx.Node) -> bool:

@@ -41,15 +41,12 @@ def forward_side(joint: fx.GraphModule, num_fwd_outputs: int,
     """Joint-graph nodes that run in forward: those the forward outputs need, and those that
     depend on no tangent (PyTorch's "unclaimed" nodes), in graph order."""
     info = P.classify_nodes(joint, static_lifetime_input_indices or [], num_fwd_outputs)
-    side = set(info.required_fw_nodes) | (set(info.unclaimed_nodes) - set(info.required_bw_nodes))
+    side = _forward_set(info)
     return [n for n in joint.graph.nodes if n in side]
 
 
-def needed_by_backward(joint: fx.GraphModule, num_fwd_outputs: int) -> list[fx.Node]:
-    """Forward-side nodes that some backward node reads directly."""
-    fwd = forward_side(joint, num_fwd_outputs)
-    side = set(fwd)
-    return [n for n in fwd if any(u not in side and u.op != "output" for u in n.users)]
+def _forward_set(info: P.NodeInfo) -> set[fx.Node]:
+    return set(info.required_fw_nodes) | (set(info.unclaimed_nodes) - set(info.required_bw_nodes))
 
 
 def split_joint(joint: fx.GraphModule, saved_names: Iterable[str], *, num_fwd_outputs: int,
@@ -62,7 +59,7 @@ def split_joint(joint: fx.GraphModule, saved_names: Iterable[str], *, num_fwd_ou
     if unknown:
         raise PlanApplyError(f"the plan names tensors this graph does not have: {unknown[:5]}")
     info = P.classify_nodes(joint, static_lifetime_input_indices or [], num_fwd_outputs)
-    fwd_nodes = set(forward_side(joint, num_fwd_outputs, static_lifetime_input_indices))
+    fwd_nodes = _forward_set(info)
     saved_set = set(saved_names)
     saved_values: list[fx.Node] = []
     saved_syms: list[fx.Node] = []
