@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from fxopt.graph import GraphView, Node, OpKind, Role
 
-__all__ = ["Kernel", "FusionRules", "kernels_of"]
+__all__ = ["Kernel", "FusionRules", "addmm_fusions", "kernels_of", "moves_matmul"]
 
 StorageKey = tuple[str, int]
 
@@ -31,6 +31,9 @@ class FusionRules:
     inplace_buffers: bool = True  # config.inplace_buffers
     # False gives every pointwise value its own buffer, as eager PyTorch does (an ablation).
     inline_pointwise: bool = True
+    # True when fxopt's schedule pass runs on the graph (see NOTE [Matmuls that Inductor
+    # moves]): only an mm directly followed by its add is still fused, so nothing moves.
+    addmm_guard: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,43 @@ def _op_short(node: Node) -> str:
     return parts[1] if len(parts) >= 2 else node.op
 
 
+# NOTE [Matmuls that Inductor moves]
+# Inductor's post-grad pattern `addmm` (torch/_inductor/fx_passes/post_grad.py) rewrites
+# add(mm(a, b), c), where the mm has no other user, c is a tensor of the same dtype that
+# expands to the mm's shape, into addmm(c, a, b) placed at the add. On GPU it may split that
+# back into mm + add, still at the add. Either way the matmul moves to the add, and a and b
+# live until then. In a backward this is costly: with tied embeddings the output-layer
+# weight gradient is mm(grad_logits^T, h) added to the embedding gradient at the very end,
+# so grad_logits (batch x sequence x vocabulary) stays live through the whole backward.
+def addmm_fusions(view: GraphView) -> dict[str, str]:
+    """mm -> add for every add that Inductor's post-grad pass fuses with an mm input."""
+    out: dict[str, str] = {}
+    for node in view.nodes:
+        if node.op != "aten.mm.default" or len(node.users) != 1 or not node.outputs:
+            continue
+        add = view[node.users[0]]
+        if add.op != "aten.add.Tensor" or len(add.inputs) != 2:
+            continue
+        other = view[add.inputs[0] if add.inputs[1] == node.name else add.inputs[1]]
+        if not other.outputs or len(node.inputs) != 2:
+            continue
+        mats = [view[i].outputs[0] for i in node.inputs if view[i].outputs]
+        inp, mm = other.outputs[0], node.outputs[0]
+        if len(mats) != 2 or any(m.dtype != inp.dtype for m in mats):
+            continue
+        if len(inp.shape_hint) <= 2 and all(
+                d == 1 or d == e for d, e in zip(reversed(inp.shape_hint),
+                                                 reversed(mm.shape_hint))):
+            out[node.name] = add.name
+    return out
+
+
+def moves_matmul(view: GraphView, mm: str, add: str) -> bool:
+    """Whether fusing ``mm`` into ``add`` moves it past another kernel."""
+    return any(n.kind not in (OpKind.VIEW, OpKind.OTHER, OpKind.PLACEHOLDER)
+               for n in view.nodes[view[mm].index + 1:view[add].index])
+
+
 # NOTE [Emulating Inductor's realisation]
 # GraphLowering.run_node lowers each FX node to an IR value that stays *unrealised* (inlined
 # into its consumers) until something forces a buffer:
@@ -87,6 +127,9 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
     """The kernels Inductor runs for ``view`` (one forward or backward graph), in order."""
     pending: dict[str, _Pending] = {}  # node name -> unrealised body
     kernels: list[Kernel] = []
+    fused = {mm: add for mm, add in addmm_fusions(view).items()
+             if not (rules.addmm_guard and moves_matmul(view, mm, add))}
+    fused_into = {add: mm for mm, add in fused.items()}
 
     def base(name: str) -> str:
         node = view[name]
@@ -117,13 +160,23 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
                 if name in view.by_name and view[name].outputs:
                     realise(name)
             continue
+        if node.name in fused:  # computed at its add (NOTE [Matmuls that Inductor moves])
+            continue
         tensor_inputs = [i for i in node.inputs if view[i].outputs]
-        if node.kind is OpKind.EXTERN:
+        kind = node.kind
+        if node.name in fused_into:
+            mm = view[fused_into[node.name]]
+            tensor_inputs = [i for i in tensor_inputs if i != mm.name]
+            tensor_inputs += [i for i in mm.inputs if view[i].outputs]
+            kind = OpKind.EXTERN
+        if kind is OpKind.EXTERN:
             for i in tensor_inputs:
                 realise(i)
         reads: set[StorageKey] = set()
         body_nodes: list[str] = []
         heavy, opcount, flops = False, 1, node.flops
+        if node.name in fused_into:
+            flops += view[fused_into[node.name]].flops
         for i in tensor_inputs:
             reads |= reads_of(i)
             p = pending.get(base(i))
@@ -134,7 +187,7 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
                 body_nodes.extend(n for n in p.nodes if n not in body_nodes)
         body_nodes.append(node.name)
         heavy |= _op_short(node) in rules.heavy_ops
-        if node.kind is OpKind.POINTWISE:
+        if kind is OpKind.POINTWISE:
             pending[node.name] = _Pending(reads, heavy, opcount, body_nodes, flops)
             users = [view[u] for u in node.users]
             must = (node.is_output or not rules.inline_pointwise
@@ -148,7 +201,9 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
                 realise(node.name)
             continue
         writes = tuple((node.name, k) for k in range(len(node.outputs)))
-        kernels.append(Kernel(node.name, node.kind, writes, frozenset(reads), tuple(body_nodes),
+        if node.name in fused_into:
+            body_nodes.insert(-1, fused_into[node.name])
+        kernels.append(Kernel(node.name, kind, writes, frozenset(reads), tuple(body_nodes),
                               flops=flops))
     return tuple(_mark_inplace(view, kernels, rules))
 

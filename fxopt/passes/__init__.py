@@ -16,13 +16,14 @@ from fxopt.passes.lowbit import apply_lowbit
 from fxopt.passes.meta import Inserted, PlanApplyError, inserted_by
 from fxopt.passes.offload import apply_offload
 from fxopt.passes.recompute import place_recomputation
+from fxopt.passes.schedule import keep_matmuls_in_place
 from fxopt.passes.split import split_joint, unsafe_to_recompute
 from fxopt.solver.plan import Kind, Plan
 
 __all__ = ["PASSES", "AppliedPlan", "apply_plan", "Inserted", "PlanApplyError", "inserted_by",
            "unsafe_to_recompute"]
 
-PASSES = ("split", "recompute", "lowbit", "offload")
+PASSES = ("split", "recompute", "lowbit", "offload", "schedule")
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,10 @@ def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
                 d.restore_step < len(step_names) else None
             apply_offload(fwd, bwd, payloads.get(d.name, d.name), num_fwd_outputs, at)
     seconds["offload"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for gm in (fwd, bwd):
+        keep_matmuls_in_place(gm)
+    seconds["schedule"] = time.perf_counter() - t0
     for gm in (fwd, bwd):
         gm.graph.lint()
         gm.recompile()

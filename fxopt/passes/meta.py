@@ -13,7 +13,7 @@ META_KEY = "fxopt"
 class Inserted:
     """Which pass put this node here, and for which planned tensor and decision."""
 
-    pass_name: str  # "recompute", "lowbit", "offload"
+    pass_name: str  # "recompute", "lowbit", "offload", "schedule"
     tensor: str  # name of the planned tensor in the joint graph
     decision: str  # the plan's decision kind ("recompute", "lowbit", ...)
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from fxopt.cost_models.device import DeviceProfile
-from fxopt.cost_models.fusion import Kernel, kernels_of
+from fxopt.cost_models.fusion import FusionRules, Kernel, kernels_of
 from fxopt.cost_models.memory import Key, Step, simulate_steps, steps_of_partition
 from fxopt.cost_models.plan import keep_everything, split_joint
 from fxopt.cost_models.runtime import cast_seconds, kernel_seconds, transfer_seconds
@@ -71,9 +71,10 @@ def build_problem(joint: GraphView, profile: DeviceProfile, *, host_is_device: b
     allow (the solver's options restrict the choices), so an infeasible budget can say which
     option would have reached it."""
     fwd, bwd = split_joint(joint, keep_everything(joint))
-    steps, initial, kept, num_fwd = steps_of_partition(fwd, bwd)
-    kernels = {k.name: k for k in kernels_of(fwd)}
-    bwd_kernels = {k.name: k for k in kernels_of(bwd)}
+    rules = FusionRules(addmm_guard=True)  # the schedule pass runs on every rewritten graph
+    steps, initial, kept, num_fwd = steps_of_partition(fwd, bwd, rules)
+    kernels = {k.name: k for k in kernels_of(fwd, rules)}
+    bwd_kernels = {k.name: k for k in kernels_of(bwd, rules)}
     value_names = _value_names(joint)
 
     # Candidates: every buffer a forward kernel writes, except what outlives the step anyway.
