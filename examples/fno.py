@@ -17,6 +17,7 @@ class FNOConfig:
     modes1: int = 8
     modes2: int = 8
     n_layers: int = 4
+    proj_width: int = 128  # hidden width of the pointwise projection head
 
 
 class SpectralConv2d(nn.Module):
@@ -54,8 +55,8 @@ class FNO2d(nn.Module):
             [SpectralConv2d(cfg.width, cfg.modes1, cfg.modes2) for _ in range(cfg.n_layers)])
         self.pointwise = nn.ModuleList(
             [nn.Conv2d(cfg.width, cfg.width, 1) for _ in range(cfg.n_layers)])
-        self.proj1 = nn.Linear(cfg.width, 128)
-        self.proj2 = nn.Linear(128, cfg.out_channels)
+        self.proj1 = nn.Linear(cfg.width, cfg.proj_width)
+        self.proj2 = nn.Linear(cfg.proj_width, cfg.out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, height, width, in_channels) -> (batch, height, width, out_channels)."""
