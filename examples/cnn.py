@@ -15,6 +15,7 @@ class CNNConfig:
     num_classes: int = 10
     width: int = 16
     image_size: int = 32
+    extra_blocks: int = 0  # stride-1 conv blocks added at the end of each resolution stage
 
 
 def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
@@ -27,10 +28,14 @@ class SmallCNN(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
+        extra = cfg.extra_blocks
         self.features = nn.Sequential(
             _conv_bn(cfg.in_channels, w, 1), _conv_bn(w, w, 1),
+            *[_conv_bn(w, w, 1) for _ in range(extra)],
             _conv_bn(w, 2 * w, 2), _conv_bn(2 * w, 2 * w, 1),
-            _conv_bn(2 * w, 4 * w, 2))
+            *[_conv_bn(2 * w, 2 * w, 1) for _ in range(extra)],
+            _conv_bn(2 * w, 4 * w, 2),
+            *[_conv_bn(4 * w, 4 * w, 1) for _ in range(extra)])
         self.head = nn.Linear(4 * w, cfg.num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ from fxopt.trace import LossFn, trace_training_step
 
 
 def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = None,
-            **options: Any) -> Report:
-    """Traces `loss_fn(model(*example_inputs))` and its backward with fake tensors, plans it
-    under `options` (the fields of `fxopt.Options`) and returns the report.
+            targets: tuple[Any, ...] = (), **options: Any) -> Report:
+    """Traces `loss_fn(model(*example_inputs), *targets)` and its backward with fake tensors,
+    plans it under `options` (the fields of `fxopt.Options`) and returns the report.
 
     The model's kernels never run, so a model built on the `meta` device works. Without
     `loss_fn`, a scalar output is the loss and any other tensor output is summed.
@@ -31,7 +31,7 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
         found.append(report)
         return fwd, bwd
 
-    trace_training_step(model, example_inputs, loss_fn, partition)
+    trace_training_step(model, example_inputs, loss_fn, partition, targets=tuple(targets))
     if len(found) != 1:
         raise RuntimeError(f"expected one joint graph from the traced step, got {len(found)}")
     if opts.dump_dir:

@@ -5,6 +5,7 @@ Each stage is timed; `partition.py` decides what to do when a stage fails.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -72,21 +73,50 @@ def _reason(kind: Kind, info_unsafe: str | None, lowbit_rule: str) -> str:
     return "offloaded: copy hidden behind compute where possible"
 
 
+TOLERANCE = 0.05  # how far above an explicit budget the rewritten graphs may simulate
+
+
 # NOTE [Closing the loop on the rewritten graphs]
 # The Problem models each tensor's lifetime; the rewritten graphs, simulated the way Inductor
-# runs them, can still differ (a recomputed chain realises a buffer the model did not count).
-# The simulated peak of the rewritten graphs is what is held to the budget: when it overshoots,
-# the Problem is solved again under the budget less the overshoot, at most twice.
+# runs them, can still hold more at some steps (a recomputed chain realises a buffer that is
+# no candidate, a dequantised value meets a recomputed one). The simulated peak of the
+# rewritten graphs is what is held to the budget. When it overshoots, the gap at each
+# schedule step (rewritten minus modelled, kernels matched by name and side) is added to that
+# step's fixed part, and the Problem is solved again; gaps only grow, at most three rounds.
+# The best plan by simulated peak wins; more than TOLERANCE above an explicit budget, the
+# budget is infeasible and the error names that plan's peak as the smallest one found.
+def _step_gaps(built: BuiltProblem, plan: Plan, applied: AppliedPlan) -> list[int]:
+    problem = built.problem
+    model = simulate(problem, plan.decisions).memory
+    index = {(name, s < problem.num_fwd_steps): s for s, name in enumerate(built.step_names)}
+    sim = simulate_partition(GraphView.from_fx(applied.fwd, side=Side.FWD),
+                             GraphView.from_fx(applied.bwd, side=Side.BWD))
+    gaps = [0] * problem.num_steps
+    since = 0  # the most held by kernels since the last matched one (recomputation, casts)
+    for step in sim.steps:
+        since = max(since, step.live_bytes)
+        s = index.get((step.name, step.side is Side.FWD))
+        if s is not None:
+            gaps[s] = max(gaps[s], since - model[s])
+            since = 0
+    return gaps
+
+
 def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int,
                      solver_options: SolverOptions, num_fwd_outputs: int,
-                     static: list[int] | None) -> tuple[Plan, AppliedPlan, Timeline]:
-    target, best = budget, None
-    for _ in range(3):
+                     static: list[int] | None, *, strict: bool
+                     ) -> tuple[Plan, AppliedPlan, Timeline]:
+    """`strict`: the user set the budget, so a best plan more than `TOLERANCE` above it is an
+    InfeasibleBudgetError; otherwise it is used with a warning."""
+    problem, best, refused = built.problem, None, None
+    gaps = [0] * problem.num_steps
+    for _ in range(4):
         try:
-            plan = solve(built.problem, target, solver_options)
-        except InfeasibleBudgetError:
+            plan = solve(problem, budget, solver_options)
+        except InfeasibleBudgetError as err:
             if best is None:
                 raise
+            refused = err
             break
         applied = apply_plan(gm, plan, num_fwd_outputs=num_fwd_outputs,
                              static_lifetime_input_indices=static, step_names=built.step_names)
@@ -95,15 +125,23 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int,
             best = (plan, applied, planned)
         if planned.peak_bytes <= budget:
             break
-        target -= planned.peak_bytes - budget
-        if target <= 0:
+        new = _step_gaps(dataclasses.replace(built, problem=problem), plan, applied)
+        if all(n <= 0 for n in new):
             break
+        gaps = [g + max(n, 0) for g, n in zip(gaps, new)]
+        problem = dataclasses.replace(built.problem, fixed_bytes=tuple(
+            f + g for f, g in zip(built.problem.fixed_bytes, gaps)))
     assert best is not None
     plan, applied, planned = best
+    if planned.peak_bytes > budget * (1 + TOLERANCE) and strict:
+        baseline = simulate(built.problem, keep_all(built.problem)).peak_bytes
+        better = {k: v for k, v in (refused.alternatives if refused else {}).items()
+                  if refused is not None and v < refused.min_peak_bytes}
+        raise InfeasibleBudgetError(budget, planned.peak_bytes, False, baseline, better)
     if planned.peak_bytes > budget:
         plan = plan.with_(warnings=plan.warnings + (
             f"the rewritten graphs simulate to {planned.peak_bytes} B, above the budget of "
-            f"{budget} B; the Problem's model of this graph's recomputation is off",))
+            f"{budget} B; no plan was found whose rewritten graphs fit",))
     return plan, applied, planned
 
 
@@ -132,7 +170,8 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     solver_options = SolverOptions(time_limit_s=options.time_limit_s, allow_offload=offload,
                                    allow_lowbit=lowbit)
     plan, applied, planned = _solve_and_apply(gm, built, budget, solver_options, num_fwd_outputs,
-                                              static_lifetime_input_indices)
+                                              static_lifetime_input_indices,
+                                              strict=options.budget is not None)
     stages.append(Stage("solve, passes and check", time.perf_counter() - t0))
     keep = Timeline("keep everything", baseline.memory, built.problem.num_fwd_steps)
     tensors = tuple(

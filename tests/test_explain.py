@@ -87,3 +87,21 @@ def test_dump_dir_gets_every_stage(tmp_path):
         assert any(n.endswith(stage) for n in names), (stage, names)
     plan_file = next(p for p in tmp_path.iterdir() if p.name.endswith("plan.json"))
     assert Plan.from_json(plan_file.read_text()) == report.plan
+
+
+def test_explain_cnn_with_targets_and_batch_norm():
+    from examples import cnn
+
+    cfg = cnn.CNNConfig(width=4, image_size=16)
+    x, y = cnn.synthetic_batch(cfg, 4, torch.Generator().manual_seed(0))
+    report = fxopt.explain(cnn.SmallCNN(cfg), x, loss_fn=torch.nn.functional.cross_entropy,
+                           targets=(y,), budget=0.9)
+    assert report.strategy == "fxopt plan"
+    assert report.peak_bytes <= report.budget_bytes
+
+
+def test_explain_names_a_real_tensor_the_loss_closes_over():
+    model, y = torch.nn.Linear(4, 1), torch.randn(5, 1)
+    with pytest.raises(TypeError, match="targets="):
+        fxopt.explain(model, torch.randn(5, 4),
+                      loss_fn=lambda out: torch.nn.functional.mse_loss(out, y))

@@ -1,7 +1,10 @@
 """Solver plans at budgets 0.8, 0.5 and 0.3, applied by the passes: the step matches eager.
 
 Runs the rewritten FX graphs directly (no Inductor). On CPU offload frees nothing, so the
-planner may recompute and, where allowed, store in int8; the tolerance follows the plan.
+planner may recompute and, at 0.3, store in int8; the tolerance follows the plan. The model
+sizes are chosen so that repeated blocks, not a single layer's backward, dominate memory;
+where a budget is still below a model's reachable minimum (FNO at 0.5 and 0.3, the CNN at
+0.3), the error must name a minimum above the budget, and a plan just above it must work.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ from fxopt.solver import InfeasibleBudgetError
 from tests.graph_harness import fx_backend
 from tests.training import step, twin
 
-GPT = gpt.GPTConfig(dropout=0.0, n_layer=2, block_size=64)
-CNN = cnn.CNNConfig(width=8, image_size=32)
+GPT = gpt.GPTConfig(dropout=0.0, n_layer=3, block_size=64)
+CNN = cnn.CNNConfig(width=8, image_size=32, extra_blocks=4)
+FNO = fno.FNOConfig(width=16, modes1=4, modes2=4, n_layers=4, proj_width=16)
+# The decomposed batch norm of the 17-layer CNN drifts from eager by ~2e-3 with everything
+# kept, as under plain torch.compile.
+EAGER_RTOL = {"gpt": 1e-4, "fno": 1e-4, "cnn": 5e-3}
 MODELS = {
     "gpt": (lambda: gpt.GPT(GPT),
             lambda: gpt.synthetic_batch(GPT, 16, torch.Generator().manual_seed(0)),
             lambda m, b: m(*b)),
-    "fno": (lambda: fno.FNO2d(fno.FNOConfig(width=16, modes1=4, modes2=4, n_layers=3)),
+    "fno": (lambda: fno.FNO2d(FNO),
             lambda: fno.synthetic_batch(4, 32, torch.Generator().manual_seed(0)),
             lambda m, b: F.mse_loss(m(b[0]), b[1])),
     "cnn": (lambda: cnn.SmallCNN(CNN),
@@ -41,39 +48,61 @@ def planned(options: Options, reports: list[Report]):
     return partition
 
 
-# The CNN plan at 0.8 recomputes two conv+batch-norm+ReLU outputs; the simulator on the
-# rewritten backward sees one more ReLU-sized buffer (+7.7%) than the Problem's model of the
-# recomputation. Known gap between the planner's recompute model and Inductor-style fusion.
-KNOWN_PEAK_GAP = {("cnn", 0.8)}
-CASES = [pytest.param(m, b, marks=pytest.mark.xfail(strict=True, reason="KNOWN_PEAK_GAP"))
-         if (m, b) in KNOWN_PEAK_GAP else (m, b)
-         for m in sorted(MODELS) for b in (0.8, 0.5, 0.3)]
-
-
-@pytest.mark.parametrize("model_name, budget", CASES)
+@pytest.mark.parametrize("model_name, budget",
+                         [(m, b) for m in sorted(MODELS) for b in (0.8, 0.5, 0.3)])
 def test_solver_plans_match_eager(model_name, budget):
     make, batch, loss = MODELS[model_name]
     torch.manual_seed(0)
     model = make()
-    reports: list[Report] = []
-    options = Options(budget=budget, lowbit="int8" if budget < 0.5 else None, time_limit_s=5)
-    compiled = torch.compile(twin(model), backend=fx_backend(planned(options, reports)))
     data = batch()
     loss_e, grads_e = step(model, loss, data, 0)
-    try:
-        loss_c, grads_c = step(compiled, loss, data, 0)
-    except Exception as err:  # noqa: BLE001 - only the planner's own verdict is acceptable
-        infeasible = getattr(err, "inner_exception", err)  # dynamo wraps backend errors
-        assert isinstance(infeasible, InfeasibleBudgetError), err
-        assert infeasible.min_peak_bytes > infeasible.budget_bytes
-        pytest.skip(f"budget {budget} is below this model's reachable minimum: {infeasible}")
-    (report,) = reports
+    lowbit = "int8" if budget < 0.5 else None
+    asked = budget
+    for _ in range(5):  # as a user would: raise the budget to the minimum the error names
+        try:
+            report, loss_c, grads_c = planned_step(model, loss, data, asked, lowbit)
+        except InfeasibleBudgetError as err:
+            assert err.min_peak_bytes > err.budget_bytes
+            if asked == budget:
+                assert err.budget_bytes == int(budget * err.baseline_peak_bytes)
+            # The minimum is the lowest found in a time-limited search: 2% above it.
+            asked = int(err.min_peak_bytes * 1.02)
+            continue
+        if report.strategy == "fxopt plan" or asked == budget:
+            break
+        # Just above the minimum the search may find no plan in time (NoPlanFoundError,
+        # and a fallback): the error says to raise the budget.
+        assert "NoPlanFoundError" in (report.fallback_reason or ""), report.fallback_reason
+        asked = int(asked * 1.05)
+    else:
+        pytest.fail(f"no plan at the minimum the errors named (last asked {asked} B)")
     assert report.strategy == "fxopt plan", report.fallback_reason
     assert report.plan.peak_bytes <= report.budget_bytes
-    lowbit = report.plan.counts()["lowbit"] > 0
+    int8 = report.plan.counts()["lowbit"] > 0
+    # Against the same graphs with everything kept: only the plan differs, so tight. The
+    # loss comes from the forward, which int8 storage does not change.
+    _, loss_k, grads_k = planned_step(model, loss, data, 1.0, None)
+    torch.testing.assert_close(loss_c, loss_k, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(loss_c, loss_e, rtol=1e-4, atol=1e-5)
-    for name, g in grads_e.items():
-        err = ((grads_c[name] - g).norm() / g.norm().clamp_min(1e-12)).item()
-        assert err < (0.05 if lowbit else 1e-4), f"{name}: relative error {err:.2e}"
-    # The simulator on the rewritten graphs agrees with the plan's own prediction.
+    for reference, rtol in ((grads_k, 1e-5), (grads_e, EAGER_RTOL[model_name])):
+        for name, g in reference.items():
+            if int8:  # errors compound through depth: the direction is what must hold
+                cos = F.cosine_similarity(grads_c[name].flatten(), g.flatten(), dim=0).item()
+                assert cos > 0.99, f"{name}: cosine similarity {cos:.4f} with int8"
+            else:
+                err = ((grads_c[name] - g).norm() / g.norm().clamp_min(1e-12)).item()
+                assert err < rtol, f"{name}: relative error {err:.2e}"
+    # The simulator on the rewritten graphs holds the plan to its budget.
     assert report.peak_bytes <= report.budget_bytes * 1.05
+
+
+def planned_step(model, loss, data, budget, lowbit):
+    reports: list[Report] = []
+    options = Options(budget=budget, lowbit=lowbit, time_limit_s=20)
+    compiled = torch.compile(twin(model), backend=fx_backend(planned(options, reports)))
+    try:
+        loss_c, grads_c = step(compiled, loss, data, 0)
+    except Exception as err:  # dynamo wraps backend errors
+        raise getattr(err, "inner_exception", err) from None
+    (report,) = reports
+    return report, loss_c, grads_c

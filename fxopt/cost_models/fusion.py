@@ -110,7 +110,8 @@ def moves_matmul(view: GraphView, mm: str, add: str) -> bool:
 # NOTE [Emulating Inductor's realisation]
 # GraphLowering.run_node lowers each FX node to an IR value that stays *unrealised* (inlined
 # into its consumers) until something forces a buffer:
-#   * graph outputs, reductions, scatter-like ops and extern kernels get a buffer;
+#   * graph outputs, reductions, scatter-like ops and extern kernels get a buffer; an output
+#     (or a view that is an output) is realised where it is lowered, not at the output node;
 #   * an extern kernel realises each of its inputs (ExternKernel.realize_input);
 #   * a value with several users is realised when one user needs realised inputs, when its
 #     inlined body holds a heavy op on CPU (exp, log, tanh, ...), is large (> 30 ops) or reads
@@ -153,6 +154,9 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
                               tuple(body.nodes), flops=body.flops))
 
     for node in view.nodes:
+        if node.kind is OpKind.VIEW and node.is_output and node.alias_of is not None:
+            realise(node.name)  # Inductor realises an output view where it is lowered
+            continue
         if node.kind in (OpKind.PLACEHOLDER, OpKind.VIEW, OpKind.OTHER):
             continue
         if node.kind is OpKind.OUTPUT:

@@ -40,19 +40,32 @@ def _plan(problem: Problem, decisions: Sequence[Decision], sim: Simulation, budg
                 objective_bound_us=bound)
 
 
-def min_peak(problem: Problem, opts: SolverOptions, time_s: float) -> tuple[int, bool]:
-    """(smallest peak found with the choices `opts` allows, whether it is proven minimal)."""
+def _lowest_peak(problem: Problem, opts: SolverOptions, time_s: float
+                 ) -> tuple[tuple[Decision, ...], Simulation, bool]:
+    """The plan with the smallest peak found, its simulation, whether that peak is proven."""
     start = greedy(problem, 0, opts, best_effort=True)
     assert start is not None
     res = solve_lazy(problem, opts, None, [start[0]], time.monotonic() + time_s)
     assert res.best is not None  # the greedy start is always valid
-    peak = res.best[1].peak_bytes
-    return peak, res.status == "OPTIMAL" or (res.bound is not None and res.bound >= peak)
+    decisions, sim = res.best
+    peak = sim.peak_bytes
+    return tuple(decisions), sim, res.status == "OPTIMAL" or (
+        res.bound is not None and res.bound >= peak)
 
 
-def _infeasible(problem: Problem, opts: SolverOptions, budget: int, baseline: int
-                ) -> InfeasibleBudgetError:
-    peak, proven = min_peak(problem, opts, max(opts.time_limit_s / 2, 0.5))
+def min_peak(problem: Problem, opts: SolverOptions, time_s: float) -> tuple[int, bool]:
+    """(smallest peak found with the choices `opts` allows, whether it is proven minimal)."""
+    _, sim, proven = _lowest_peak(problem, opts, time_s)
+    return sim.peak_bytes, proven
+
+
+def _infeasible(problem: Problem, opts: SolverOptions, budget: int, baseline: int,
+                cache: PlanCache | None, t0: float) -> InfeasibleBudgetError:
+    decisions, sim, proven = _lowest_peak(problem, opts, max(opts.time_limit_s / 2, 0.5))
+    peak = sim.peak_bytes
+    if cache is not None:  # the minimum the error names is then a budget solve() meets at once
+        cache.store(cache_key(problem, opts, peak),
+                    _plan(problem, decisions, sim, peak, baseline, "LOWEST_PEAK", t0, opts, []))
     alternatives: dict[str, int] = {}
     variants = []
     if not opts.allow_offload:
@@ -86,7 +99,7 @@ def solve(problem: Problem, budget: float | int, options: SolverOptions | None =
     if base.peak_bytes <= budget_b:
         plan = _plan(problem, base_dec, base, budget_b, base.peak_bytes, "KEEP_ALL", t0, opts, [])
     else:
-        plan = _search(problem, opts, budget_b, base.peak_bytes, t0, deadline)
+        plan = _search(problem, opts, budget_b, base.peak_bytes, t0, deadline, cache)
     validate(problem, plan)
     if cache is not None:
         cache.store(key, plan)
@@ -94,7 +107,7 @@ def solve(problem: Problem, budget: float | int, options: SolverOptions | None =
 
 
 def _search(problem: Problem, opts: SolverOptions, budget: int, baseline: int, t0: float,
-            deadline: float) -> Plan:
+            deadline: float, cache: PlanCache | None) -> Plan:
     start = greedy(problem, budget, opts, storage_pass=False)
     fallback = None
     if start is None and (opts.allow_offload or opts.allow_lowbit):
@@ -103,9 +116,17 @@ def _search(problem: Problem, opts: SolverOptions, budget: int, baseline: int, t
     res = solve_lazy(problem, opts, budget, starts, deadline,
                      fallback[0] if fallback is not None else None)
     warnings = list(res.warnings)
+    if res.best is None and res.status != "INFEASIBLE":
+        # A budget at (or just above) the smallest peak: the time-limited search for the
+        # cheapest plan can miss what a search for the lowest peak finds.
+        decisions, sim, _ = _lowest_peak(problem, opts, max(opts.time_limit_s / 2, 0.5))
+        if sim.peak_bytes <= budget:
+            return _plan(problem, decisions, sim, budget, baseline, "LOWEST_PEAK", t0, opts,
+                         [*warnings, "no cheapest plan was found in time; using the plan with "
+                          "the lowest peak (raise time_limit_s for a faster one)"])
     if res.best is None:
         if res.status == "INFEASIBLE":
-            raise _infeasible(problem, opts, budget, baseline)
+            raise _infeasible(problem, opts, budget, baseline, cache, t0)
         raise NoPlanFoundError(
             f"no plan within the budget of {budget} B was found in {opts.time_limit_s} s "
             f"(keep-everything peak {baseline} B); raise time_limit_s or the budget")
