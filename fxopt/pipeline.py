@@ -104,10 +104,11 @@ def _step_gaps(built: BuiltProblem, plan: Plan, applied: AppliedPlan) -> list[in
 
 def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int,
                      solver_options: SolverOptions, num_fwd_outputs: int,
-                     static: list[int] | None, *, strict: bool
+                     static: list[int] | None, *, strict: bool, baseline_peak: int
                      ) -> tuple[Plan, AppliedPlan, Timeline]:
     """`strict`: the user set the budget, so a best plan more than `TOLERANCE` above it is an
-    InfeasibleBudgetError; otherwise it is used with a warning."""
+    InfeasibleBudgetError; otherwise it is used with a warning. `baseline_peak`: the
+    keep-everything peak, which that error reports."""
     problem, best, refused = built.problem, None, None
     gaps = [0] * problem.num_steps
     for _ in range(4):
@@ -134,10 +135,10 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int,
     assert best is not None
     plan, applied, planned = best
     if planned.peak_bytes > budget * (1 + TOLERANCE) and strict:
-        baseline = simulate(built.problem, keep_all(built.problem)).peak_bytes
-        better = {k: v for k, v in (refused.alternatives if refused else {}).items()
-                  if refused is not None and v < refused.min_peak_bytes}
-        raise InfeasibleBudgetError(budget, planned.peak_bytes, False, baseline, better)
+        # Only options that beat the corrected Problem's own minimum are worth naming.
+        better = {} if refused is None else {
+            k: v for k, v in refused.alternatives.items() if v < refused.min_peak_bytes}
+        raise InfeasibleBudgetError(budget, planned.peak_bytes, False, baseline_peak, better)
     if planned.peak_bytes > budget:
         plan = plan.with_(warnings=plan.warnings + (
             f"the rewritten graphs simulate to {planned.peak_bytes} B, above the budget of "
@@ -171,7 +172,8 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                                    allow_lowbit=lowbit)
     plan, applied, planned = _solve_and_apply(gm, built, budget, solver_options, num_fwd_outputs,
                                               static_lifetime_input_indices,
-                                              strict=options.budget is not None)
+                                              strict=options.budget is not None,
+                                              baseline_peak=baseline.peak_bytes)
     stages.append(Stage("solve, passes and check", time.perf_counter() - t0))
     keep = Timeline("keep everything", baseline.memory, built.problem.num_fwd_steps)
     tensors = tuple(

@@ -120,19 +120,23 @@ def _view(specs: list[tuple], side: Side, outputs: list[str]) -> GraphView:
     return GraphView(tuple(nodes), 0, tuple(outputs))
 
 
-@st.composite
-def random_partition(draw, kinds=(OpKind.EXTERN, OpKind.VIEW)):
-    n_f = draw(st.integers(1, 8))
-    f_specs = [("primals_1", OpKind.PLACEHOLDER, Role.PARAM, (), 64, None)]
-    for i in range(n_f):
-        ins = draw(st.lists(st.sampled_from([s[0] for s in f_specs]), min_size=1, max_size=3,
+def _draw_computed(draw, specs: list, prefix: str, count: int, kinds) -> None:
+    """Appends `count` computed nodes, each reading 1-3 earlier specs (a view reads one)."""
+    for i in range(count):
+        ins = draw(st.lists(st.sampled_from([s[0] for s in specs]), min_size=1, max_size=3,
                             unique=True))
         kind = draw(st.sampled_from(kinds))
         if kind is OpKind.VIEW:
-            f_specs.append((f"f{i}", kind, Role.COMPUTED, (ins[0],), 0, ins[0]))
+            specs.append((f"{prefix}{i}", kind, Role.COMPUTED, (ins[0],), 0, ins[0]))
         else:
-            f_specs.append((f"f{i}", kind, Role.COMPUTED, tuple(ins), draw(st.integers(1, 99)),
-                            None))
+            specs.append((f"{prefix}{i}", kind, Role.COMPUTED, tuple(ins),
+                          draw(st.integers(1, 99)), None))
+
+
+@st.composite
+def random_partition(draw, kinds=(OpKind.EXTERN, OpKind.VIEW)):
+    f_specs = [("primals_1", OpKind.PLACEHOLDER, Role.PARAM, (), 64, None)]
+    _draw_computed(draw, f_specs, "f", draw(st.integers(1, 8)), kinds)
     computed = [s[0] for s in f_specs[1:]]
     saved = draw(st.lists(st.sampled_from(computed), max_size=4, unique=True))
     loss = computed[-1]
@@ -140,15 +144,7 @@ def random_partition(draw, kinds=(OpKind.EXTERN, OpKind.VIEW)):
     b_specs = [("primals_1", OpKind.PLACEHOLDER, Role.PARAM, (), 64, None)]
     b_specs += [(s, OpKind.PLACEHOLDER, Role.SAVED, (), fwd[s].nbytes_hint, None) for s in saved]
     b_specs.append(("tangents_1", OpKind.PLACEHOLDER, Role.TANGENT, (), 4, None))
-    for i in range(draw(st.integers(1, 8))):
-        ins = draw(st.lists(st.sampled_from([s[0] for s in b_specs]), min_size=1, max_size=3,
-                            unique=True))
-        kind = draw(st.sampled_from(kinds))
-        if kind is OpKind.VIEW:
-            b_specs.append((f"b{i}", kind, Role.COMPUTED, (ins[0],), 0, ins[0]))
-        else:
-            b_specs.append((f"b{i}", kind, Role.COMPUTED, tuple(ins), draw(st.integers(1, 99)),
-                            None))
+    _draw_computed(draw, b_specs, "b", draw(st.integers(1, 8)), kinds)
     b_computed = [s[0] for s in b_specs if s[2] is Role.COMPUTED]
     grads = draw(st.lists(st.sampled_from(b_computed), min_size=1, max_size=3, unique=True))
     return fwd, _view(b_specs, Side.BWD, grads)
