@@ -120,7 +120,7 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int,
             refused = err
             break
         applied = apply_plan(gm, plan, num_fwd_outputs=num_fwd_outputs,
-                             static_lifetime_input_indices=static, step_names=built.step_names)
+                             static_lifetime_input_indices=static, step_names=built.step_nodes)
         planned = timeline_of("fxopt plan", applied.fwd, applied.bwd)
         if best is None or planned.peak_bytes < best[2].peak_bytes:
             best = (plan, applied, planned)

@@ -7,7 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fxopt.solver import (Candidate, Decision, InvalidPlanError, Kind, Plan, Problem,
-                          ProblemError, budget_bytes, keep_all, simulate, to_us, validate)
+                          ProblemError, SolverOptions, budget_bytes, keep_all, simulate, solve,
+                          to_us, validate)
+from fxopt.solver.greedy import greedy
 
 
 def one_tensor(**kw: object) -> Problem:
@@ -138,6 +140,40 @@ def test_problem_checks_its_invariants() -> None:
         one_tensor(lowbit_bytes=101)
     with pytest.raises(ProblemError, match="produced earlier"):
         Problem(4, 2, (0,) * 4, (1,) * 4, (Candidate("a", 1, 0, 0, (), (0,)),))
+
+
+def test_problem_checks_its_anchors() -> None:
+    a = Candidate("a", 100, 0, 1, (5, 6))
+    with pytest.raises(ProblemError, match="anchors needs 7"):
+        Problem(7, 3, (0,) * 7, (10,) * 7, (a,), anchors=(0, 1, 2))
+    with pytest.raises(ProblemError, match="anchor 2 of step 3"):  # across the boundary
+        Problem(7, 3, (0,) * 7, (10,) * 7, (a,), anchors=(0, 1, 2, 2, 4, 5, 6))
+    with pytest.raises(ProblemError, match="anchor 4 of step 6"):  # 4 is not its own anchor
+        Problem(7, 3, (0,) * 7, (10,) * 7, (a,), anchors=(0, 1, 2, 3, 3, 5, 4))
+
+
+def test_restore_steps_are_anchors() -> None:
+    """Steps 4 and 5 run at one graph node: a recomputation "before 5" runs before 4, so the
+    plan must say 4, and its tensor is then alive at 4."""
+    a = Candidate("a", 100, 0, 1, (5, 6))
+    p = Problem(7, 3, (0,) * 7, (10,) * 7, (a,), anchors=(0, 1, 2, 3, 4, 4, 6))
+    with pytest.raises(InvalidPlanError, match="runs at the same point as step 4"):
+        simulate(p, [Decision("a", Kind.RECOMPUTE, 5)])
+    assert simulate(p, [Decision("a", Kind.RECOMPUTE, 4)]).memory == (100, 100, 0, 0, 100, 100,
+                                                                      100)
+    assert Problem.from_json_dict(p.to_json_dict()) == p
+
+
+def test_solvers_restore_at_anchors() -> None:
+    """Keeping a peaks at 150 (steps 2 and 3); recomputing it at its first use, step 5, is
+    only possible at 4, which both solvers pick."""
+    a = Candidate("a", 100, 0, 1, (5, 6), recompute_us=7)
+    p = Problem(7, 3, (0, 0, 50, 50, 0, 0, 0), (10,) * 7, (a,), anchors=(0, 1, 2, 3, 4, 4, 6))
+    opts = SolverOptions(time_limit_s=5.0)
+    start = greedy(p, 120, opts)
+    assert start is not None and start[0][0] == Decision("a", Kind.RECOMPUTE, 4)
+    plan = solve(p, 120, opts, cache_dir=None)
+    assert plan.decisions == (Decision("a", Kind.RECOMPUTE, 4),) and plan.peak_bytes == 100
 
 
 def test_integer_scaling() -> None:

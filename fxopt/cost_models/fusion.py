@@ -7,7 +7,7 @@ work on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from fxopt.graph import GraphView, Node, OpKind, Role
 
@@ -42,6 +42,8 @@ class Kernel:
 
     ``nodes`` lists the graph nodes fused into it (the realised node last).  ``inplace`` names
     an input buffer whose storage the output reuses (Inductor's in-place buffer reuse).
+    ``lowered_at`` is the node whose lowering emits it: its own node, or for a pointwise value
+    realised on demand, the node that needed it (see NOTE [Kernels lowered together]).
     """
 
     name: str
@@ -51,6 +53,12 @@ class Kernel:
     nodes: tuple[str, ...]
     inplace: StorageKey | None = None
     flops: int = 0
+    lowered_at: str = ""
+
+    @property
+    def anchor(self) -> str:
+        """The node before which anything inserted into the graph runs before this kernel."""
+        return self.lowered_at or self.name
 
 
 @dataclass
@@ -124,6 +132,12 @@ def moves_matmul(view: GraphView, mm: str, add: str) -> bool:
 # kernel (config.inplace_buffers), which we model by ``Kernel.inplace``.  Saved tensors are
 # candidates too: AOTAutograd donates them to the backward (``bw_donated_idxs``), and the
 # compiled backward clears its argument list, so their storage can be written in place.
+# NOTE [Kernels lowered together]
+# A pointwise value that is not realised at its own node is emitted when a later node needs a
+# buffer (an extern kernel's input, an output): that node's lowering emits both kernels, the
+# pending one first. Nothing inserted into the graph can run between them, so a planned
+# action "before the second kernel" really happens before the first. `Kernel.lowered_at`
+# records the node; the Problem's anchors (solver/problem.py) and the rewriting passes use it.
 def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Kernel, ...]:
     """The kernels Inductor runs for ``view`` (one forward or backward graph), in order."""
     pending: dict[str, _Pending] = {}  # node name -> unrealised body
@@ -144,25 +158,25 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
             return set(pending[b].reads)
         return {view.storage_of(name)}
 
-    def realise(name: str) -> None:
+    def realise(name: str, at: str) -> None:
         b = base(name)
         body = pending.pop(b, None)
         if body is None:
             return
         node = view[b]
         kernels.append(Kernel(b, node.kind, ((b, 0),), frozenset(body.reads),
-                              tuple(body.nodes), flops=body.flops))
+                              tuple(body.nodes), flops=body.flops, lowered_at=at))
 
     for node in view.nodes:
         if node.kind is OpKind.VIEW and node.is_output and node.alias_of is not None:
-            realise(node.name)  # Inductor realises an output view where it is lowered
+            realise(node.name, node.name)  # Inductor realises an output view where lowered
             continue
         if node.kind in (OpKind.PLACEHOLDER, OpKind.VIEW, OpKind.OTHER):
             continue
         if node.kind is OpKind.OUTPUT:
             for name in node.inputs:
                 if name in view.by_name and view[name].outputs:
-                    realise(name)
+                    realise(name, node.name)
             continue
         if node.name in fused:  # computed at its add (NOTE [Matmuls that Inductor moves])
             continue
@@ -175,7 +189,7 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
             kind = OpKind.EXTERN
         if kind is OpKind.EXTERN:
             for i in tensor_inputs:
-                realise(i)
+                realise(i, node.name)
         reads: set[StorageKey] = set()
         body_nodes: list[str] = []
         heavy, opcount, flops = False, 1, node.flops
@@ -202,13 +216,13 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
                 must |= opcount > rules.realize_opcount_threshold
                 must |= len(reads) > rules.realize_reads_threshold
             if must:
-                realise(node.name)
+                realise(node.name, node.name)
             continue
         writes = tuple((node.name, k) for k in range(len(node.outputs)))
         if node.name in fused_into:
             body_nodes.insert(-1, fused_into[node.name])
         kernels.append(Kernel(node.name, kind, writes, frozenset(reads), tuple(body_nodes),
-                              flops=flops))
+                              flops=flops, lowered_at=node.name))
     return tuple(_mark_inplace(view, kernels, rules))
 
 
@@ -230,7 +244,7 @@ def _mark_inplace(view: GraphView, kernels: list[Kernel], rules: FusionRules) ->
                 if (readers.get(r) == 1 and r not in taken and reusable
                         and not src.is_output and view.storage_bytes(r) == size and size > 0):
                     taken.add(r)
-                    k = Kernel(k.name, k.kind, k.writes, k.reads, k.nodes, r, k.flops)
+                    k = replace(k, inplace=r)
                     break
         out.append(k)
     return out

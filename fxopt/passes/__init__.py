@@ -39,8 +39,9 @@ class AppliedPlan:
 def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
                static_lifetime_input_indices: list[int] | None = None,
                step_names: Sequence[str] = ()) -> AppliedPlan:
-    """`step_names[s]` names the joint-graph node of schedule step s (the planner's steps), so
-    a prefetch planned for step s is issued before that node; without it, before first use."""
+    """`step_names[s]` names the joint-graph node before which an action planned for schedule
+    step s runs (`BuiltProblem.step_nodes`): a recomputation or a prefetch restored at s is
+    inserted there; without it, before first use."""
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     saved = [d.name for d in plan.decisions if d.kind is not Kind.RECOMPUTE]

@@ -34,10 +34,13 @@ class CandidateInfo:
 
 @dataclass(frozen=True)
 class BuiltProblem:
-    """The Problem, the joint node that each schedule step computes, and per-candidate notes."""
+    """The Problem, the joint node that each schedule step computes, the node before which an
+    action planned at that step is inserted (where Inductor lowers the step's kernel, NOTE
+    [Kernels lowered together]), and per-candidate notes."""
 
     problem: Problem
     step_names: tuple[str, ...]
+    step_nodes: tuple[str, ...]
     info: tuple[CandidateInfo, ...]
 
 
@@ -142,8 +145,15 @@ def build_problem(joint: GraphView, profile: DeviceProfile, *, host_is_device: b
         k = kernels.get(st.name) if st.side.value == "fwd" else bwd_kernels.get(st.name)
         view = fwd if st.side.value == "fwd" else bwd
         step_us.append(to_us(kernel_seconds(view, k, profile)) if k is not None else 0)
+    nodes = [k.anchor if (k := (kernels if s < num_fwd else bwd_kernels).get(st.name))
+             else st.name for s, st in enumerate(steps)]
+    anchors: list[int] = []
+    for s, node in enumerate(nodes):
+        together = 0 < s != num_fwd and node == nodes[s - 1]
+        anchors.append(anchors[s - 1] if together else s)
     problem = Problem(num_steps=len(steps), num_fwd_steps=num_fwd,
                       fixed_bytes=tuple(live),
-                      step_us=tuple(step_us), candidates=tuple(candidates))
-    return BuiltProblem(problem, tuple(st.name for st in steps), tuple(info))
+                      step_us=tuple(step_us), candidates=tuple(candidates),
+                      anchors=tuple(anchors))
+    return BuiltProblem(problem, tuple(st.name for st in steps), tuple(nodes), tuple(info))
 

@@ -65,16 +65,17 @@ def restore_points(problem: Problem, opts: SolverOptions) -> list[tuple[int, ...
         for j in problem.consumers[i]:
             if problem.candidates[j].recomputable:
                 got.update(pts[j])
-        hi = c.bwd_uses[0] if c.bwd_uses else max(got, default=-1)
+        hi = problem.anchor(c.bwd_uses[0]) if c.bwd_uses else max(got, default=-1)
         # recomputing before an input's last own use keeps that input from living longer
-        got |= {problem.candidates[j].bwd_uses[-1] for j in c.inputs
+        got |= {problem.anchor(problem.candidates[j].bwd_uses[-1]) for j in c.inputs
                 if problem.candidates[j].bwd_uses}
         got = {k for k in got if problem.num_fwd_steps <= k <= hi}
         if c.bwd_uses:
             got.add(hi)
-        window = range(max(problem.num_fwd_steps, hi - opts.restore_window), hi + 1) \
-            if got else range(0)
-        pts[i] = tuple(sorted(set(sorted(got)[-opts.max_restore_points:]) | set(window)))
+        window = {problem.anchor(k) for k in range(max(problem.num_fwd_steps,
+                                                       hi - opts.restore_window), hi + 1)} \
+            if got else set()
+        pts[i] = tuple(sorted(set(sorted(got)[-opts.max_restore_points:]) | window))
     return pts
 
 
@@ -132,7 +133,7 @@ def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> M
             m.add_implication(b, a)
         mdl.ext.append(ext)
         ext_of = dict(ext)
-        b_own = c.bwd_uses[0] if c.bwd_uses else None
+        b_own = problem.anchor(c.bwd_uses[0]) if c.bwd_uses else None
         for j in problem.consumers[i]:
             for kind, k, v in mdl.choices[j]:
                 if kind is not Kind.RECOMPUTE:

@@ -42,7 +42,7 @@ def canonical(problem: Problem, kinds: Sequence[Kind], prefetch: Sequence[int | 
         if not dem[i]:
             out_kind[i] = Kind.KEEP
             continue
-        restore[i] = prefetch[i] if kind.offloaded else min(dem[i])
+        restore[i] = prefetch[i] if kind.offloaded else problem.anchor(min(dem[i]))
         if kind is Kind.RECOMPUTE:
             for j in problem.candidates[i].inputs:
                 dem[j].append(restore[i])  # type: ignore[arg-type]
@@ -89,7 +89,7 @@ def _options_for(problem: Problem, i: int, opts: SolverOptions, dem: Sequence[in
         return out
     if c.recomputable:
         out.append((Kind.RECOMPUTE, None, c.recompute_us))
-    if not c.bwd_uses or min(dem) < c.bwd_uses[0]:
+    if not c.bwd_uses or min(dem) < problem.anchor(c.bwd_uses[0]):
         return out
     if opts.allow_lowbit and c.lowbit_bytes > 0:
         out.append((Kind.LOWBIT, None, c.cast_us + opts.lowbit_penalty_us))
@@ -123,7 +123,7 @@ def _ranked_moves(problem: Problem, decisions: Sequence[Decision], kinds: Sequen
         before = bytes_at(problem, i, decisions[i], dem[i], step)
         if before == 0:
             continue
-        r_first = min(dem[i])
+        r_first = problem.anchor(min(dem[i]))
         best = None
         now_cost = c.cast_us + opts.lowbit_penalty_us if kinds[i].lowbit else 0
         for kind, q, cost in _options_for(problem, i, opts, dem[i], link):
@@ -146,7 +146,7 @@ def _ranked_moves(problem: Problem, decisions: Sequence[Decision], kinds: Sequen
                         move[j] = (Kind.RECOMPUTE, None)
                         cost += cands[j].recompute_us
                         dj = Decision(dj.name, Kind.RECOMPUTE, r)
-                    elif dj.kind.offloaded and r < cands[j].bwd_uses[0]:
+                    elif dj.kind.offloaded and r < problem.anchor(cands[j].bwd_uses[0]):
                         gain = -1  # offloaded inputs may not be read early (validate.py)
                         break
                     gain -= bytes_at(problem, j, dj, [*dem[j], r], step) - \

@@ -76,6 +76,9 @@ class Problem:
     """Candidates, the fixed part of memory and per-step compute time of one training step.
 
     step_us[s] is the compute time of step s; copies overlap with it (see validate.py).
+    anchors[s] is the first step that runs at the same point of the graph as step s: an action
+    scheduled at s (a recomputation, a prefetch) really runs before anchors[s], so only steps
+    that are their own anchor are valid restore steps. Empty: every step is its own anchor.
     """
 
     num_steps: int
@@ -83,6 +86,7 @@ class Problem:
     fixed_bytes: tuple[int, ...]
     step_us: tuple[int, ...]
     candidates: tuple[Candidate, ...]
+    anchors: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         _check_problem(self)
@@ -95,6 +99,10 @@ class Problem:
             for i in cand.inputs:
                 out[i].append(j)
         return tuple(tuple(c) for c in out)
+
+    def anchor(self, step: int) -> int:
+        """The step before which an action scheduled at `step` runs (see `anchors`)."""
+        return self.anchors[step] if self.anchors else step
 
     @cached_property
     def prefix_us(self) -> tuple[int, ...]:
@@ -120,7 +128,7 @@ class Problem:
             for c in data["candidates"]
         )
         return cls(data["num_steps"], data["num_fwd_steps"], tuple(data["fixed_bytes"]),
-                   tuple(data["step_us"]), cands)
+                   tuple(data["step_us"]), cands, tuple(data.get("anchors", ())))
 
     @cached_property
     def content_hash(self) -> str:
@@ -142,6 +150,13 @@ def _check_problem(p: Problem) -> None:
                            f"{len(p.fixed_bytes)} and {len(p.step_us)}")
     if any(b < 0 for b in p.fixed_bytes) or any(t < 0 for t in p.step_us):
         raise ProblemError("fixed_bytes and step_us must be non-negative integers")
+    if p.anchors:
+        if len(p.anchors) != n:
+            raise ProblemError(f"anchors needs {n} entries or none, got {len(p.anchors)}")
+        for s, a in enumerate(p.anchors):
+            if not (0 <= a <= s and p.anchors[a] == a and (a < f) == (s < f)):
+                raise ProblemError(f"anchor {a} of step {s} must be an earlier or the same step "
+                                   "on the same side that is its own anchor")
     names = set()
     for i, c in enumerate(p.candidates):
         where = f"candidate {i} ({c.name!r})"

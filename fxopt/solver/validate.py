@@ -76,6 +76,7 @@ def prefetch_points(problem: Problem, c: Candidate, lowbit: bool, count: int) ->
         q = b
         while q > problem.num_fwd_steps and problem.compute_us(q, b - 1) < share:
             q -= 1
+        q = problem.anchor(q)
         if q not in out:
             out.append(q)
     return tuple(sorted(out))
@@ -124,6 +125,9 @@ def _check(problem: Problem, i: int, dec: Decision, dem: list[int]) -> None:
     if not F <= r <= min(dem):
         raise InvalidPlanError(f"{where}: restore step {r} must lie in [{F}, first demand "
                                f"{min(dem)}]")
+    if problem.anchor(r) != r:
+        raise InvalidPlanError(f"{where}: restore step {r} runs at the same point as step "
+                               f"{problem.anchor(r)}; restore at {problem.anchor(r)}")
     if dec.kind is Kind.RECOMPUTE and not c.recomputable:
         raise InvalidPlanError(f"{where}: it cannot be recomputed safely")
     if dec.kind.lowbit:
@@ -134,7 +138,7 @@ def _check(problem: Problem, i: int, dec: Decision, dem: list[int]) -> None:
     if dec.kind.offloaded:
         if c.copy_us <= 0 or not c.bwd_uses:
             raise InvalidPlanError(f"{where}: not eligible for offload")
-        if min(dem) < c.bwd_uses[0]:
+        if min(dem) < problem.anchor(c.bwd_uses[0]):
             raise InvalidPlanError(f"{where}: a recomputation reads it at step {min(dem)}, "
                                    f"before its own first backward use {c.bwd_uses[0]}")
 
