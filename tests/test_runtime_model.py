@@ -60,6 +60,38 @@ def test_cpu_calibration_is_sane_and_cached() -> None:
     assert 0 < p.overhead_s < 1e-2
 
 
+def test_cpu_calibration_is_kept_on_disk(tmp_path, monkeypatch) -> None:
+    """A second process reads the first one's numbers, so its Problems (and plans) match."""
+    import json
+
+    import fxopt.cost_models.device as device
+
+    monkeypatch.setenv("FXOPT_CACHE_DIR", str(tmp_path))
+    calls = []
+    measure = device._measure_cpu
+    monkeypatch.setattr(device, "_measure_cpu", lambda t: calls.append(t) or measure(t))
+    calibrate_cpu.cache_clear()
+    try:
+        first = calibrate_cpu(threads=1)
+        path = tmp_path / "device" / "cpu-1threads.json"
+        assert calls == [1] and path.exists()
+        assert first.mem_bandwidth == float(f"{first.mem_bandwidth:.2g}")  # two digits
+        calibrate_cpu.cache_clear()  # as a new process would
+        assert calibrate_cpu(threads=1) == first and calls == [1]
+        data = json.loads(path.read_text())
+        data["machine"]["torch"] = "0.0"  # another torch (or CPU) measures again
+        path.write_text(json.dumps(data))
+        calibrate_cpu.cache_clear()
+        calibrate_cpu(threads=1)
+        assert calls == [1, 1]
+        path.write_text("{not json")  # a corrupt file too
+        calibrate_cpu.cache_clear()
+        calibrate_cpu(threads=1)
+        assert calls == [1, 1, 1] and json.loads(path.read_text())["machine"]["torch"] != "0.0"
+    finally:
+        calibrate_cpu.cache_clear()
+
+
 def test_roofline_is_compute_or_memory_bound(views: dict) -> None:
     fwd = views["fwd"]
     mm = next(n for n in fwd.nodes if n.op == "aten.addmm.default")

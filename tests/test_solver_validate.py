@@ -109,6 +109,23 @@ def test_offloaded_tensor_may_not_be_read_early() -> None:
         simulate(p, [Decision("x", Kind.OFFLOAD, 5), Decision("y", Kind.RECOMPUTE, 5)])
 
 
+def test_recomputation_never_reads_a_lowbit_copy() -> None:
+    """Recomputing y from x's rounded copy would feed the rounding to whatever reads y."""
+    x = Candidate("x", 10, 0, 1, (6,), (), 50, lowbit_bytes=3, cast_us=1)
+    y = Candidate("y", 20, 1, 1, (6,), (0,), 2)
+    p = Problem(7, 3, (0, 0, 100, 100, 0, 0, 0), (10,) * 7, (x, y))
+    forbidden = [Decision("x", Kind.LOWBIT, 6, "int8"), Decision("y", Kind.RECOMPUTE, 6)]
+    with pytest.raises(InvalidPlanError, match="low-bit copy of 'x'"):
+        simulate(p, forbidden)
+    # Under 105 B the cheap way (x low-bit, y recomputed from it: 103 B) is not allowed; only
+    # recomputing both (100 B, 52 us) is.
+    both = (Decision("x", Kind.RECOMPUTE, 6), Decision("y", Kind.RECOMPUTE, 6))
+    opts = SolverOptions(time_limit_s=5.0, allow_lowbit="int8", lowbit_penalty_us=0)
+    start = greedy(p, 105, opts)
+    assert start is not None and start[0] == both
+    assert solve(p, 105, opts, cache_dir=None).decisions == both
+
+
 def test_non_keep_needs_a_reader() -> None:
     x = Candidate("x", 10, 0, 1, (), ())
     p = Problem(4, 2, (0,) * 4, (1,) * 4, (x,))

@@ -12,7 +12,7 @@ Problems for tests and benchmarks).
 
 from __future__ import annotations
 
-from fxopt.solver.cache import DEFAULT_CACHE_DIR, PlanCache, cache_key
+from fxopt.solver.cache import DEFAULT_CACHE_DIR, PlanCache, cache_key, cache_root
 from fxopt.solver.errors import InfeasibleBudgetError, InvalidPlanError, NoPlanFoundError
 from fxopt.solver.greedy import greedy
 from fxopt.solver.options import LOWBIT_FORMATS, SolverOptions
@@ -25,5 +25,6 @@ __all__ = [
     "DEFAULT_CACHE_DIR", "LOWBIT_FORMATS", "Candidate", "Decision", "InfeasibleBudgetError",
     "InvalidPlanError", "Kind", "NoPlanFoundError", "Plan", "PlanCache", "Problem",
     "ProblemError", "Simulation", "SolverOptions", "baseline_peak", "budget_bytes", "cache_key",
+    "cache_root",
     "greedy", "keep_all", "min_peak", "simulate", "solve", "to_us", "validate",
 ]

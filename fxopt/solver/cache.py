@@ -3,6 +3,7 @@ second run of the same script does not solve again."""
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import tempfile
@@ -14,8 +15,22 @@ from fxopt.solver.plan import Plan
 from fxopt.solver.problem import Problem
 from fxopt.solver.validate import validate
 
-DEFAULT_CACHE_DIR = Path("~/.cache/fxopt/plans")
+CACHE_ENV = "FXOPT_CACHE_DIR"
 _FORMAT = "fxopt-plan-v1"
+
+
+def cache_root() -> Path:
+    """`$FXOPT_CACHE_DIR`, else `~/.cache/fxopt`; plans live in its `plans` folder. The CPU
+    calibration (cost_models/device.py) reads the same variable."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/fxopt").expanduser()
+
+
+class DefaultDir(enum.Enum):
+    DIR = "default"
+
+
+# solve()'s default cache_dir: cache_root() / "plans", read when solve() runs.
+DEFAULT_CACHE_DIR = DefaultDir.DIR
 
 
 def cache_key(problem: Problem, options: SolverOptions, budget_bytes: int) -> str:
@@ -28,8 +43,9 @@ class PlanCache:
     temporary file in the same directory and are renamed into place, so readers never see a
     partial file and concurrent writers (ranks) leave one complete plan."""
 
-    def __init__(self, directory: str | os.PathLike[str] = DEFAULT_CACHE_DIR) -> None:
-        self.directory = Path(directory).expanduser()
+    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
+        self.directory = Path(directory).expanduser() if directory is not None \
+            else cache_root() / "plans"
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.json"

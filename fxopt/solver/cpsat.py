@@ -138,9 +138,9 @@ def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> M
             for kind, k, v in mdl.choices[j]:
                 if kind is not Kind.RECOMPUTE:
                     continue
-                avail = [mdl.keep[i]] + [w for kd, kk, w in mdl.choices[i]
-                                         if (not kd.offloaded and kk <= k)
-                                         or (kd.offloaded and b_own is not None and k >= b_own)]
+                avail = [mdl.keep[i]] + [w for kd, kk, w in mdl.choices[i] if not kd.lowbit and (
+                    (not kd.offloaded and kk <= k)
+                    or (kd.offloaded and b_own is not None and k >= b_own))]
                 m.add_bool_or(avail).only_enforce_if(v)
                 if k > mdl.last_own[i]:
                     m.add_implication(v, ext_of[k])

@@ -81,8 +81,10 @@ def _link_cost(problem: Problem, link: Sequence[int], d2h: int, h2d: int, copy: 
 
 
 def _options_for(problem: Problem, i: int, opts: SolverOptions, dem: Sequence[int],
-                 link: Sequence[int]) -> list[tuple[Kind, int | None, int]]:
-    """(kind, prefetch, time cost) for every non-keep choice tensor i may take."""
+                 link: Sequence[int], read_by_recompute: bool
+                 ) -> list[tuple[Kind, int | None, int]]:
+    """(kind, prefetch, time cost) for every non-keep choice tensor i may take;
+    read_by_recompute: a recomputation reads i, so it may not be low-bit."""
     c = problem.candidates[i]
     out: list[tuple[Kind, int | None, int]] = []
     if not dem:
@@ -91,11 +93,11 @@ def _options_for(problem: Problem, i: int, opts: SolverOptions, dem: Sequence[in
         out.append((Kind.RECOMPUTE, None, c.recompute_us))
     if not c.bwd_uses or min(dem) < problem.anchor(c.bwd_uses[0]):
         return out
-    if opts.allow_lowbit and c.lowbit_bytes > 0:
+    lowbit = bool(opts.allow_lowbit) and c.lowbit_bytes > 0 and not read_by_recompute
+    if lowbit:
         out.append((Kind.LOWBIT, None, c.cast_us + opts.lowbit_penalty_us))
     if opts.allow_offload and c.copy_us > 0:
-        kinds = [Kind.OFFLOAD] + ([Kind.LOWBIT_OFFLOAD] if opts.allow_lowbit and c.lowbit_bytes
-                                  else [])
+        kinds = [Kind.OFFLOAD] + ([Kind.LOWBIT_OFFLOAD] if lowbit else [])
         for kind in kinds:
             lb = kind is Kind.LOWBIT_OFFLOAD
             extra = c.cast_us + opts.lowbit_penalty_us if lb else 0
@@ -126,7 +128,8 @@ def _ranked_moves(problem: Problem, decisions: Sequence[Decision], kinds: Sequen
         r_first = problem.anchor(min(dem[i]))
         best = None
         now_cost = c.cast_us + opts.lowbit_penalty_us if kinds[i].lowbit else 0
-        for kind, q, cost in _options_for(problem, i, opts, dem[i], link):
+        read = any(kinds[j] is Kind.RECOMPUTE for j in problem.consumers[i])
+        for kind, q, cost in _options_for(problem, i, opts, dem[i], link, read):
             if _RANK[kind] <= _RANK[kinds[i]]:
                 continue  # only ever move up the ranks, so the greedy ends
             cost = max(cost - now_cost, 0)
@@ -146,8 +149,9 @@ def _ranked_moves(problem: Problem, decisions: Sequence[Decision], kinds: Sequen
                         move[j] = (Kind.RECOMPUTE, None)
                         cost += cands[j].recompute_us
                         dj = Decision(dj.name, Kind.RECOMPUTE, r)
-                    elif dj.kind.offloaded and r < problem.anchor(cands[j].bwd_uses[0]):
-                        gain = -1  # offloaded inputs may not be read early (validate.py)
+                    elif dj.kind.offloaded and r < problem.anchor(cands[j].bwd_uses[0]) \
+                            or dj.kind.lowbit:
+                        gain = -1  # nor early offloaded or low-bit inputs (validate.py)
                         break
                     gain -= bytes_at(problem, j, dj, [*dem[j], r], step) - \
                         bytes_at(problem, j, decisions[j], dem[j], step)

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from fxopt.solver.cache import DEFAULT_CACHE_DIR, PlanCache, cache_key
+from fxopt.solver.cache import DEFAULT_CACHE_DIR, PlanCache, DefaultDir, cache_key
 from fxopt.solver.lazy import solve_lazy
 from fxopt.solver.errors import InfeasibleBudgetError, NoPlanFoundError
 from fxopt.solver.greedy import greedy
@@ -82,17 +82,19 @@ def _infeasible(problem: Problem, opts: SolverOptions, budget: int, baseline: in
 
 
 def solve(problem: Problem, budget: float | int, options: SolverOptions | None = None,
-          cache_dir: str | os.PathLike[str] | None = DEFAULT_CACHE_DIR) -> Plan:
+          cache_dir: str | os.PathLike[str] | DefaultDir | None = DEFAULT_CACHE_DIR) -> Plan:
     """Plan `problem` under `budget` (a float fraction of the keep-everything peak, or int
-    bytes). cache_dir=None disables the on-disk cache. Raises InfeasibleBudgetError when no
-    plan fits and NoPlanFoundError when the time limit ends before any plan fits."""
+    bytes). The on-disk cache is `cache_dir`, by default `$FXOPT_CACHE_DIR/plans` (else
+    `~/.cache/fxopt/plans`); None disables it. Raises InfeasibleBudgetError when no plan fits
+    and NoPlanFoundError when the time limit ends before any plan fits."""
     opts = options or SolverOptions()
     t0 = time.monotonic()
     deadline = t0 + opts.time_limit_s
     base_dec = keep_all(problem)
     base = simulate(problem, base_dec)
     budget_b = budget_bytes(budget, base.peak_bytes)
-    cache = PlanCache(cache_dir) if cache_dir is not None else None
+    cache = None if cache_dir is None else \
+        PlanCache(None if cache_dir is DEFAULT_CACHE_DIR else cache_dir)
     key = cache_key(problem, opts, budget_b)
     if cache is not None and (hit := cache.load(key, problem)) is not None:
         return hit

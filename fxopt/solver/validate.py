@@ -33,7 +33,9 @@ from fxopt.solver.problem import Candidate, Problem
 # only for candidates with backward uses of their own (a tensor only recomputations read is kept
 # or recomputed), low-bit only where lowbit_bytes > 0, offload only where copy_us > 0; an
 # offloaded tensor may not be read by a recomputation before its own first backward use b (so
-# its prefetch is judged against b).
+# its prefetch is judged against b); a recomputation never reads a low-bit tensor (the rounding
+# would reach values the low-bit rules did not vet, such as a batch norm's input recomputed by
+# a convolution from a rounded ReLU output, and compound through every recomputed layer).
 #
 # NOTE [Copy exposure model]
 # A copy runs on its own stream and overlaps with compute. Device->host of an OFFLOAD tensor
@@ -185,6 +187,12 @@ def simulate(problem: Problem, decisions: Sequence[Decision]) -> Simulation:
     for i, (c, dec) in enumerate(zip(problem.candidates, decisions)):
         dem = dem_all[i]
         _check(problem, i, dec, dem)
+        if dec.kind is Kind.RECOMPUTE:
+            for j in c.inputs:
+                if decisions[j].kind.lowbit:
+                    raise InvalidPlanError(
+                        f"tensor {c.name!r} (recompute) would read the low-bit copy of "
+                        f"{decisions[j].name!r}; a recomputation reads full-precision inputs")
         for lo, hi, nbytes in intervals(problem, i, dec, dem):
             if lo <= hi and nbytes:
                 delta[lo] += nbytes
