@@ -266,6 +266,11 @@ def _dim(d: object) -> tuple[sympy.Expr, int]:
     return sympy.Integer(int(d)), int(d)
 
 
+def size_hint(d: object) -> int:
+    """A dimension's concrete size: the int itself, or a SymInt's size hint."""
+    return _dim(d)[1]
+
+
 def _tensor_meta(t: torch.Tensor) -> TensorMeta:
     dims = [_dim(d) for d in t.shape]
     shape = tuple(e for e, _ in dims)

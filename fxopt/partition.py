@@ -23,6 +23,7 @@ from fxopt.solver import InfeasibleBudgetError
 
 from fxopt.config import Options, OptionsError
 from fxopt.dump import dump_report
+from fxopt.graph import size_hint
 from fxopt.pipeline import plan_joint, timeline_of
 from fxopt.records import add_report
 from fxopt.report import Report, SavedTensor, Stage
@@ -141,12 +142,6 @@ def _enable_debug_logging() -> None:
         log.setLevel(logging.INFO)
 
 
-def _hint(value: Any) -> int:
-    if isinstance(value, torch.SymInt):
-        return int(value.node.hint) if value.node.has_hint() else int(value.node.expr.subs({}))
-    return int(value)
-
-
 def _saved_tensors(bwd: fx.GraphModule) -> tuple[SavedTensor, ...]:
     saved = []
     for node in bwd.graph.find_nodes(op="placeholder"):
@@ -156,7 +151,7 @@ def _saved_tensors(bwd: fx.GraphModule) -> tuple[SavedTensor, ...]:
         shape = tuple(str(d) for d in val.shape)
         numel = 1
         for d in val.shape:
-            numel *= _hint(d)
+            numel *= size_hint(d)
         saved.append(SavedTensor(node.name, shape, str(val.dtype).removeprefix("torch."),
                                  numel * val.element_size()))
     return tuple(saved)
