@@ -18,8 +18,8 @@ from fxopt.cost_models.memory import simulate_partition
 from fxopt.graph import GraphView, Side
 from fxopt.passes import AppliedPlan, apply_plan
 from fxopt.report import Stage, TensorRow, Timeline
-from fxopt.solver import (Candidate, Decision, InfeasibleBudgetError, Kind, Plan,
-                          SolverOptions, keep_all, simulate, solve)
+from fxopt.solver import (Candidate, Decision, InfeasibleBudgetError, Kind, NoPlanFoundError,
+                          Plan, SolverOptions, keep_all, simulate, solve)
 from fxopt.solver.build import BuiltProblem, build_problem
 
 
@@ -119,6 +119,10 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int,
                 raise
             refused = err
             break
+        except NoPlanFoundError:
+            if best is None:
+                raise
+            break  # the corrected Problem found nothing in time: judge the best plan so far
         applied = apply_plan(gm, plan, num_fwd_outputs=num_fwd_outputs,
                              static_lifetime_input_indices=static, step_names=built.step_nodes)
         planned = timeline_of("fxopt plan", applied.fwd, applied.bwd)

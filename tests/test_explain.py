@@ -105,3 +105,20 @@ def test_explain_names_a_real_tensor_the_loss_closes_over():
     with pytest.raises(TypeError, match="targets="):
         fxopt.explain(model, torch.randn(5, 4),
                       loss_fn=lambda out: torch.nn.functional.mse_loss(out, y))
+
+
+def test_backward_reads_sizes_not_tensors_kept_for_them():
+    """With symbolic sizes, a size the forward computes crosses as a SymInt: recomputing
+    `sym_size(t, d)` in backward would keep all of t alive (the FNO's spectral buffers)."""
+    from examples import fno
+
+    model = fno.FNO2d(fno.FNOConfig(width=16, modes1=4, modes2=4, n_layers=4, proj_width=16))
+    x, y = fno.synthetic_batch(4, 32, torch.Generator().manual_seed(0))
+    report = fxopt.explain(model, x, loss_fn=nn.functional.mse_loss, targets=(y,), budget=0.8)
+    assert report.plan.counts()["recompute"] > 0
+    graph = report.backward_graph.graph
+    sizes_only = [n.name for n in graph.find_nodes(op="placeholder")
+                  if isinstance(n.meta.get("val"), torch.Tensor) and n.users
+                  and all(u.target is torch.ops.aten.sym_size.int for u in n.users)]
+    assert not sizes_only, f"saved only for their sizes: {sizes_only}"
+    assert report.peak_bytes <= report.budget_bytes

@@ -65,9 +65,13 @@ def split_joint(joint: fx.GraphModule, saved_names: Iterable[str], *, num_fwd_ou
     saved_syms: list[fx.Node] = []
     for node in joint.graph.nodes:
         is_primal = node.op == "placeholder" and P._is_primal(node)
-        # Symbolic sizes cross as the primals that bind them; derived ones (SymFloats such as
-        # batch norm's 1/N) are recomputed in backward, where Inductor handles them.
-        if not (is_primal or node.name in saved_set):
+        # Symbolic sizes cross as the primals that bind them, and every integer size the
+        # forward computes crosses as itself: recomputed in backward, `sym_size(t, d)` would
+        # keep the whole tensor t alive just to read one dimension. Derived SymFloats (batch
+        # norm's 1/N) are recomputed in backward, where Inductor handles them.
+        forward_size = node in fwd_nodes and isinstance(node.meta.get("val"), torch.SymInt) \
+            and node.op != "placeholder"
+        if not (is_primal or node.name in saved_set or forward_size):
             continue
         (saved_syms if _is_sym(node) else saved_values).append(node)
     fwd, bwd = P._extract_fwd_bwd_modules(
