@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import enum
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TypeVar
 
 import sympy
 import torch
 import torch.fx as fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
-__all__ = ["GraphView", "Node", "OpKind", "Role", "Side", "TensorMeta", "JointGraph"]
+T = TypeVar("T")
+
+__all__ = ["GraphView", "Node", "OpKind", "Role", "Side", "TensorMeta", "JointGraph", "closure",
+           "size_hint"]
 
 aten = torch.ops.aten
 
@@ -241,16 +245,21 @@ class GraphView:
 JointGraph = GraphView  # the joint forward+backward graph is a GraphView with both sides
 
 
-def _descendants(roots: Iterable[fx.Node]) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
+def closure(roots: Iterable[T], step: Callable[[T], Iterable[T]]) -> set[T]:
+    """`roots` and everything reachable from them by `step` (users, inputs, ...)."""
+    seen: set[T] = set()
     stack = list(roots)
     while stack:
         n = stack.pop()
         if n in seen:
             continue
         seen.add(n)
-        stack.extend(n.users)
+        stack.extend(step(n))
     return seen
+
+
+def _descendants(roots: Iterable[fx.Node]) -> set[fx.Node]:
+    return closure(roots, lambda n: n.users)
 
 
 def _dim(d: object) -> tuple[sympy.Expr, int]:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from fxopt.solver.cache import cache_root
+
 __all__ = ["DeviceProfile", "get_profile", "calibrate_cpu", "PROFILES"]
 
 TB = 1e12
@@ -96,8 +98,7 @@ def _best_time(fn, reps: int) -> float:
 # CPU) is kept on disk, rounded to two significant digits, and later processes reuse it.
 # Delete the file (or point FXOPT_CACHE_DIR elsewhere) to measure again.
 def _calibration_file(threads: int) -> Path:
-    root = Path(os.environ.get("FXOPT_CACHE_DIR") or "~/.cache/fxopt").expanduser()
-    return root / "device" / f"cpu-{threads}threads.json"
+    return cache_root() / "device" / f"cpu-{threads}threads.json"
 
 
 def _machine() -> dict[str, str]:

@@ -51,14 +51,9 @@ class Kernel:
     writes: tuple[StorageKey, ...]
     reads: frozenset[StorageKey]
     nodes: tuple[str, ...]
+    lowered_at: str
     inplace: StorageKey | None = None
     flops: int = 0
-    lowered_at: str = ""
-
-    @property
-    def anchor(self) -> str:
-        """The node before which anything inserted into the graph runs before this kernel."""
-        return self.lowered_at or self.name
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 
-from fxopt.graph import GraphView, Node, OpKind, Role, Side
+from fxopt.graph import GraphView, Node, OpKind, Role, Side, closure
 
 __all__ = ["split_joint", "keep_everything", "saved_names", "needed_by_backward",
            "forward_required"]
@@ -58,15 +58,7 @@ def saved_names(bwd: GraphView) -> frozenset[str]:
 
 
 def _ancestors_in_fwd(joint: GraphView, roots: Iterable[str]) -> set[str]:
-    seen: set[str] = set()
-    stack = list(roots)
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        stack.extend(joint[name].inputs)
-    return seen
+    return closure(roots, lambda name: joint[name].inputs)
 
 
 def _rebuild(nodes: list[Node], outputs: list[str], side: Side) -> GraphView:

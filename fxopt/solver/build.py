@@ -145,7 +145,7 @@ def build_problem(joint: GraphView, profile: DeviceProfile, *, host_is_device: b
         k = kernels.get(st.name) if st.side.value == "fwd" else bwd_kernels.get(st.name)
         view = fwd if st.side.value == "fwd" else bwd
         step_us.append(to_us(kernel_seconds(view, k, profile)) if k is not None else 0)
-    nodes = [k.anchor if (k := (kernels if s < num_fwd else bwd_kernels).get(st.name))
+    nodes = [k.lowered_at if (k := (kernels if s < num_fwd else bwd_kernels).get(st.name))
              else st.name for s, st in enumerate(steps)]
     anchors: list[int] = []
     for s, node in enumerate(nodes):

@@ -20,8 +20,8 @@ _FORMAT = "fxopt-plan-v1"
 
 
 def cache_root() -> Path:
-    """`$FXOPT_CACHE_DIR`, else `~/.cache/fxopt`; plans live in its `plans` folder. The CPU
-    calibration (cost_models/device.py) reads the same variable."""
+    """`$FXOPT_CACHE_DIR`, else `~/.cache/fxopt`: plans live in its `plans` folder, the CPU
+    calibration (cost_models/device.py) in `device`."""
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/fxopt").expanduser()
 
 

@@ -149,8 +149,8 @@ def _ranked_moves(problem: Problem, decisions: Sequence[Decision], kinds: Sequen
                         move[j] = (Kind.RECOMPUTE, None)
                         cost += cands[j].recompute_us
                         dj = Decision(dj.name, Kind.RECOMPUTE, r)
-                    elif dj.kind.offloaded and r < problem.anchor(cands[j].bwd_uses[0]) \
-                            or dj.kind.lowbit:
+                    elif dj.kind.lowbit or (
+                            dj.kind.offloaded and r < problem.anchor(cands[j].bwd_uses[0])):
                         gain = -1  # nor early offloaded or low-bit inputs (validate.py)
                         break
                     gain -= bytes_at(problem, j, dj, [*dem[j], r], step) - \
