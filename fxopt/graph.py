@@ -10,17 +10,22 @@ and as integers evaluated at the size hints, which is what the cost models use.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import operator
+import os
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import TypeVar
 
 import sympy
 import torch
 import torch.fx as fx
 from torch.multiprocessing.reductions import StorageWeakRef
+
+from fxopt.opclass import Effect, OpClass, classify
 
 T = TypeVar("T")
 
@@ -94,12 +99,6 @@ _EXTERN_OPS = frozenset({
     "aten._int_mm.default", "aten._scaled_mm.default", "aten.convolution.default",
     "aten.convolution_backward.default", "aten.addmv.default",
 })
-_RANDOM_OPS = frozenset({
-    "prims.inductor_random.default", "prims.inductor_randint.default",
-    "prims.inductor_seeds.default",
-    "aten.rand.default", "aten.randn.default", "aten.rand_like.default", "aten.randn_like.default",
-    "aten.bernoulli.default", "aten.bernoulli.p", "aten.native_dropout.default",
-})
 
 
 @dataclass(frozen=True)
@@ -137,10 +136,12 @@ class Node:
     alias_of: str | None = None  # VIEW: the input whose storage this node shares
     alias_index: int = 0  # VIEW through getitem: which output of ``alias_of``
     is_output: bool = False  # an argument of the graph's output node
-    is_random: bool = False
+    is_random: bool = False  # draws random numbers a second run would not reproduce
     is_mutating: bool = False
+    refusal: str | None = None  # why it must not run again in backward (fxopt.opclass)
     flops: int = 0  # PyTorch's flop-counter rules at the size hints (0 where no rule exists)
     primal_index: int | None = None  # position among the primals, for placeholders
+    source: str = ""  # where in the user's code: "block.fc1: h = self.fc1(x)" (node_source)
 
     @property
     def nbytes_hint(self) -> int:
@@ -392,12 +393,92 @@ def _make_node(n: fx.Node, index: int, side: Side, is_output: bool, primal_index
     target = n.target
     op = (n.op if n.op in ("placeholder", "output") else
           "getitem" if target is operator.getitem else str(target))
-    mutating = isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
+    opc = classify(n)
+    outputs = _outputs(n.meta.get("val"))
+    if _on_host(n):
+        outputs = tuple(dataclasses.replace(t, nbytes=sympy.Integer(0), nbytes_hint=0)
+                        for t in outputs)
     return Node(
         name=n.name, index=index, op=op, kind=kind, role=_role(n, primal_index, statics,
                                                                   know_statics),
         side=side, inputs=inputs, users=tuple(u.name for u in n.users),
-        outputs=_outputs(n.meta.get("val")), alias_of=alias_of, alias_index=alias_index,
-        is_output=is_output, is_random=str(target) in _RANDOM_OPS, is_mutating=mutating,
+        outputs=outputs, alias_of=alias_of, alias_index=alias_index,
+        is_output=is_output, is_random=opc.effect is Effect.RANDOM,
+        is_mutating=opc.effect is Effect.MUTATING, refusal=_refusal(n, opc),
         flops=_flops(n) if n.op == "call_function" else 0,
-        primal_index=primal_index if n.op == "placeholder" else None)
+        primal_index=primal_index if n.op == "placeholder" else None,
+        source=node_source(n.meta))
+
+
+def _refusal(n: fx.Node, opc: OpClass) -> str | None:
+    """Why the node must not run again in backward: its op class, or the user's MUST_SAVE."""
+    if opc.refusal is not None:
+        return opc.refusal
+    policy = n.meta.get("recompute")
+    if policy is not None and getattr(policy, "name", "") == "MUST_SAVE":
+        return "the model's checkpoint policy marks it MUST_SAVE"
+    return None
+
+
+# NOTE [Node sources]
+# Dynamo records, on every node it traces, the module stack (`nn_module_stack`: key -> (path,
+# class), outermost first; AOTAutograd copies it to backward nodes as `fwd_nn_module_stack`) and
+# the Python traceback of the call (`stack_trace`). A node's source is its innermost module, as
+# the path `model.get_submodule` takes, and the last line of the traceback outside torch itself
+# (a torch.nn leaf such as Linear would otherwise show `F.linear(...)`, not the user's call).
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_FRAME = re.compile(r'\s*File "([^"]*)", line \d+, in ')
+_ROOT = re.compile(r"""^(?:[LG]\[(['"]).*?\1\]|self(?=\.|$))""")  # L['self'], G['model'], self
+_ITEM = re.compile(r"""(?:\.?_modules)?\[(['"]?)(.*?)\1\]""")  # [0], ['x'], ._modules['x']
+SOURCE_LINE_CHARS = 80
+
+
+@lru_cache(maxsize=4096)
+def module_path(path: str) -> str:
+    """Dynamo's module path as the attribute path of the user's model:
+    `L['self']._modules['encoder'].layer[0]` -> `encoder.layer.0` (the root itself: "")."""
+    path = _ITEM.sub(lambda m: "." + m.group(2), _ROOT.sub("", path.strip(), count=1))
+    return ".".join(p for p in path.split(".") if p and p != "_orig_mod")
+
+
+@lru_cache(maxsize=4096)
+def source_line(stack_trace: str) -> str:
+    """The code of the traceback's last frame outside torch (else its last frame), stripped and
+    cut to SOURCE_LINE_CHARS."""
+    lines = stack_trace.splitlines()
+    found: list[tuple[bool, str]] = []  # (inside torch, code) per frame that shows its code
+    for i, line in enumerate(lines[:-1]):
+        m = _FRAME.match(line)
+        code = lines[i + 1].strip()
+        if m and code and not _FRAME.match(lines[i + 1]) and set(code) - set("^~ "):
+            found.append((m.group(1).startswith(_TORCH_DIR), code))
+    code = next((c for inside, c in reversed(found) if not inside), found[-1][1] if found else "")
+    return code if len(code) <= SOURCE_LINE_CHARS else code[:SOURCE_LINE_CHARS - 3] + "..."
+
+
+def node_source(meta: Mapping[str, object]) -> str:
+    """`module.path: code line` from an FX node's meta (NOTE [Node sources]); "" when unknown."""
+    stack = meta.get("nn_module_stack") or meta.get("fwd_nn_module_stack") or {}
+    path = ""
+    if isinstance(stack, Mapping) and stack:
+        inner = list(stack.values())[-1]
+        path = module_path(str(inner[0] if isinstance(inner, tuple) else inner))
+    trace = meta.get("stack_trace")
+    code = source_line(trace) if isinstance(trace, str) else ""
+    return ": ".join(p for p in (path, code) if p)
+
+
+_HOST_OPS = ("fxopt.offload.default",)
+
+
+# NOTE [Host copies hold no device memory]
+# The memory model counts device memory. An offloaded tensor's host copy (the output of
+# `fxopt::offload` in forward, and the backward placeholder that only `fxopt::prefetch` reads)
+# lives in pinned host memory, so it counts zero bytes; its device memory is counted where
+# `prefetch` allocates it again. Known by the op rather than the tensor's device, because a
+# step traced on the CPU may be planned as a CUDA step (fxopt.explain with a GPU profile).
+def _on_host(n: fx.Node) -> bool:
+    if n.op == "call_function":
+        return str(n.target) in _HOST_OPS
+    return n.op == "placeholder" and bool(n.users) and all(
+        str(u.target) == "fxopt.prefetch.default" for u in n.users)

@@ -12,6 +12,7 @@ import torch
 import torch.fx as fx
 from torch._functorch import partitioners as P
 
+from fxopt.opclass import refusal_for_recompute
 from fxopt.passes.meta import PlanApplyError
 
 
@@ -20,19 +21,15 @@ def _is_sym(node: fx.Node) -> bool:
 
 
 def unsafe_to_recompute(node: fx.Node) -> str | None:
-    """Why `node` must not run a second time in backward, or None when it may."""
-    target = node.target
+    """Why `node` must not run a second time in backward, or None when it may (the same
+    classification the Problem was built from, fxopt.opclass)."""
     if node.op != "call_function":
         return None
-    if isinstance(target, torch._ops.OpOverload):
-        if torch.Tag.nondeterministic_seeded in target.tags:
-            return "it draws random numbers (replaying them needs the forward's RNG state)"
-        if target._schema.is_mutable:
-            return "it mutates its input in place"
-        if target.namespace == "_c10d_functional":
-            return "it is a collective"
+    reason = refusal_for_recompute(node)
+    if reason is not None:
+        return reason
     if node.meta.get("recompute") == P.CheckpointPolicy.MUST_SAVE:
-        return "PyTorch marked it must-save"
+        return "the model's checkpoint policy marks it MUST_SAVE"
     return None
 
 

@@ -30,6 +30,7 @@ class CandidateInfo:
     dtype: str
     not_recomputable: str | None  # why it may not be recomputed, if so
     lowbit_rule: str  # the low-bit rule table's reason
+    source: str = ""  # where in the user's code it is computed (fxopt.graph.node_source)
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,8 @@ def _unsafe(joint: GraphView, kernel: Kernel | None, name: str) -> str | None:
         node = joint.by_name.get(node_name)
         if node is None:
             continue
-        if node.is_random:
-            return f"{node.name} draws random numbers"
-        if node.is_mutating:
-            return f"{node.name} mutates its input"
+        if node.refusal is not None:
+            return f"{node.name} ({node.op}): {node.refusal}"
     return None
 
 
@@ -124,8 +123,12 @@ def build_problem(joint: GraphView, profile: DeviceProfile, *, host_is_device: b
             cast_us=to_us(2 * cast_seconds(numel, meta.itemsize, 1, profile)) if lowbit_ok else 0,
             copy_us=to_us(transfer_seconds(nbytes, profile))
             if bwd_uses and not host_is_device else 0))
+        # Its own node, else its producer (tuple outputs), else its kernel's first with one.
+        around = (node, joint[key[1]], *(joint.by_name[k] for k in (kernel.nodes if kernel else ())
+                                         if k in joint.by_name))
+        source = next((n.source for n in around if n.source), "")
         info.append(CandidateInfo(name, tuple(str(d) for d in meta.shape), meta.dtype, unsafe,
-                                  rule.reason))
+                                  rule.reason, source))
 
     # NOTE [Fixed part]
     # The fixed part at a step is the simulated keep-everything memory minus the candidates alive
