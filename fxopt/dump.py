@@ -1,6 +1,6 @@
 """Write every stage of one compile to a folder (`FXOPT_DUMP_DIR` / `Options.dump_dir`).
 
-Per graph, with prefix `graph{index}` (`explain` for a report of `fxopt.explain`):
+Per graph, with prefix `graph{index}` (`explain{index}` for a report of `fxopt.explain`):
     _joint.py        the joint forward-backward graph before partitioning
     _problem.json    the planner's Problem (`Problem.to_json_dict`)
     _plan.json       the Plan (`Plan.to_json`; `Plan.from_json` reads it back)
@@ -29,7 +29,7 @@ _HTML_PAGE = ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}
 
 
 def dump_prefix(report: Report) -> str:
-    return "explain" if report.index < 0 else f"graph{report.index}"
+    return f"{'explain' if report.source == 'explain' else 'graph'}{report.index}"
 
 
 def _graph_file(gm: Any, name: str, title: str) -> str:

@@ -85,9 +85,11 @@ def _copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
 # Planning errors the user must act on (an unreachable budget, bad options) propagate. Anything
 # else that stops a plan from being built or applied safely gives PyTorch's own partition for
 # that graph, with a warning that carries the cause: training goes on, gradients stay right.
-def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, **kwargs: Any
+def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
+                    device_type: str | None = None, **kwargs: Any
                     ) -> tuple[fx.GraphModule, fx.GraphModule, Report]:
-    """Partitions one joint graph under `options`; returns both halves and the report."""
+    """Partitions one joint graph under `options`; returns both halves and the report.
+    `device_type`: plan as if the graph ran on that device (see `plan_joint`)."""
     start = time.perf_counter()
     num_fwd_outputs = kwargs["num_fwd_outputs"]
     static = kwargs.get("static_lifetime_input_indices")
@@ -100,7 +102,8 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, **k
         default_timeline = timeline_of("PyTorch default", default_fwd, default_bwd)
         planned = plan_joint(gm, options, num_fwd_outputs=num_fwd_outputs,
                              static_lifetime_input_indices=static,
-                             default_peak_bytes=default_timeline.peak_bytes)
+                             default_peak_bytes=default_timeline.peak_bytes,
+                             device_type=device_type)
     except (InfeasibleBudgetError, OptionsError):
         raise
     except Exception as err:  # noqa: BLE001 - see NOTE [Fallback]; the cause is logged in full
@@ -117,6 +120,8 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, **k
             timelines=(default_timeline,) if default_timeline else ())
         return default_fwd, default_bwd, report
     plan = planned.plan
+    for warning in plan.warnings:
+        log.warning("fxopt: %s", warning)
     report = Report(
         options=options, strategy="fxopt plan", fallback_reason=None, plan=plan,
         peak_bytes=planned.peak_bytes, baseline_peak_bytes=planned.baseline_peak_bytes,

@@ -65,12 +65,15 @@ def _cost_us(cand: Candidate, decision: Decision) -> int:
 
 def _reason(kind: Kind, info_unsafe: str | None, lowbit_rule: str) -> str:
     if kind is Kind.KEEP:
-        return f"kept: {info_unsafe}" if info_unsafe else "kept: cheaper than the alternatives"
+        return (f"kept, cannot be recomputed: {info_unsafe}" if info_unsafe else
+                "kept until the backward: the budget has room for it, and keeping costs no time")
     if kind is Kind.RECOMPUTE:
-        return "recomputed before its restore step"
+        return "freed after the forward, recomputed in the backward just before it is needed"
     if kind.lowbit:
-        return f"low-bit: {lowbit_rule}"
-    return "offloaded: copy hidden behind compute where possible"
+        where = " in host memory" if kind.offloaded else ""
+        return f"stored in low precision{where} until the backward ({lowbit_rule})"
+    return ("copied to host memory after the forward and back before the backward needs it "
+            "(the copy overlaps compute where possible)")
 
 
 TOLERANCE = 0.05  # how far above an explicit budget the rewritten graphs may simulate
@@ -102,9 +105,9 @@ def _step_gaps(built: BuiltProblem, plan: Plan, applied: AppliedPlan) -> list[in
     return gaps
 
 
-def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int,
+def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
                      solver_options: SolverOptions, num_fwd_outputs: int,
-                     static: list[int] | None, *, strict: bool, baseline_peak: int
+                     static: list[int] | None, strict: bool, baseline_peak: int
                      ) -> tuple[Plan, AppliedPlan, Timeline]:
     """`strict`: the user set the budget, so a best plan more than `TOLERANCE` above it is an
     InfeasibleBudgetError; otherwise it is used with a warning. `baseline_peak`: the
@@ -150,16 +153,35 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int,
     return plan, applied, planned
 
 
+# NOTE [Best-effort budgets]
+# Only a budget the user gave as a size is a promise: it is held or the compile fails. A
+# fraction is best effort: it is resolved against this graph's keep-everything peak and capped
+# at PyTorch's default partition (so fxopt never plans to hold more than plain torch.compile,
+# which also honours the model's own checkpoint regions); where that is below the smallest
+# peak fxopt reaches, the smallest reachable plan is used and the plan carries a warning. No
+# budget at all is the default partition's peak, best effort too.
+def resolve_budget(options: Options, keep_peak: int, default_peak: int | None
+                   ) -> tuple[int, bool]:
+    """(budget in bytes, strict): strict when the user gave an absolute size."""
+    cap = min(keep_peak, default_peak or keep_peak)
+    if options.budget is None:
+        return cap, False
+    if options.budget.nbytes is not None:
+        return options.budget.nbytes, True
+    return min(options.budget.resolve(keep_peak), cap), False
+
+
 def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                static_lifetime_input_indices: list[int] | None,
-               default_peak_bytes: int | None) -> Planned:
+               default_peak_bytes: int | None, device_type: str | None = None) -> Planned:
     """Plans `gm` under `options`; `default_peak_bytes` (PyTorch's partition, predicted) is the
-    budget when the options give none."""
+    budget when the options give none. `device_type` plans the graph as if it ran there
+    (`fxopt.explain` with a GPU profile on a machine without CUDA); default: where it runs."""
     stages: list[Stage] = []
     t0 = time.perf_counter()
     joint = GraphView.from_fx(gm, num_fwd_outputs=num_fwd_outputs,
                               static_lifetime_input_indices=static_lifetime_input_indices)
-    device = graph_device(gm)
+    device = torch.device(device_type) if device_type else graph_device(gm)
     offload = options.offload if options.offload is not None else device.type == "cuda"
     profile = get_profile(options.device.value)
     lowbit = options.lowbit.value if options.lowbit is not None else None
@@ -168,21 +190,29 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     stages.append(Stage("cost models", time.perf_counter() - t0))
 
     t0 = time.perf_counter()
-    if options.budget is not None:
-        budget = options.budget.resolve(baseline.peak_bytes)
-    else:
-        budget = min(baseline.peak_bytes, default_peak_bytes or baseline.peak_bytes)
+    budget, strict = resolve_budget(options, baseline.peak_bytes, default_peak_bytes)
     solver_options = SolverOptions(time_limit_s=options.time_limit_s, allow_offload=offload,
                                    allow_lowbit=lowbit)
-    plan, applied, planned = _solve_and_apply(gm, built, budget, solver_options, num_fwd_outputs,
-                                              static_lifetime_input_indices,
-                                              strict=options.budget is not None,
-                                              baseline_peak=baseline.peak_bytes)
+    solve_args = (gm, built)
+    rest = dict(solver_options=solver_options, num_fwd_outputs=num_fwd_outputs,
+                static=static_lifetime_input_indices, strict=strict,
+                baseline_peak=baseline.peak_bytes)
+    try:
+        plan, applied, planned = _solve_and_apply(*solve_args, budget, **rest)
+    except InfeasibleBudgetError as err:
+        if strict:
+            raise
+        # NOTE [Best-effort budgets]: a fraction (or no budget) never stops a run.
+        asked, budget = budget, err.min_peak_bytes
+        plan, applied, planned = _solve_and_apply(*solve_args, budget, **rest)
+        plan = plan.with_(warnings=plan.warnings + (
+            f"the budget of {asked} B is below the smallest peak fxopt reaches for this graph; "
+            f"planned for {budget} B instead (an explicit size as budget makes this an error)",))
     stages.append(Stage("solve, passes and check", time.perf_counter() - t0))
     keep = Timeline("keep everything", baseline.memory, built.problem.num_fwd_steps)
     tensors = tuple(
         TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind.value, _cost_us(cand, d),
-                  _reason(d.kind, info.not_recomputable, info.lowbit_rule))
+                  _reason(d.kind, info.not_recomputable, info.lowbit_rule), info.source)
         for cand, info, d in zip(built.problem.candidates, built.info, plan.decisions))
     return Planned(applied.fwd, applied.bwd, plan, built, planned.peak_bytes,
                    baseline.peak_bytes, budget, tensors, (keep, planned), tuple(stages))

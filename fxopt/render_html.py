@@ -40,6 +40,8 @@ _CSS = """
 .fxopt-report table.fxopt-tensors td{white-space:nowrap}
 .fxopt-report table.fxopt-tensors td.wrap{white-space:normal;min-width:240px}
 .fxopt-report td.num{text-align:right;font-variant-numeric:tabular-nums}
+.fxopt-report table.fxopt-tensors td.src{font-family:ui-monospace,Menlo,Consolas,monospace;
+  font-size:12px;max-width:420px;overflow:hidden;text-overflow:ellipsis}
 .fxopt-report table.fxopt-summary th{font-weight:600;color:#555;white-space:nowrap}
 .fxopt-report table.fxopt-tensors th{cursor:pointer;background:#f4f4f4;user-select:none}
 .fxopt-report table.fxopt-tensors th:hover{background:#e8e8e8}
@@ -98,12 +100,16 @@ def _table_html(report: Report) -> str:
     for row in rows:
         cells = []
         for column, text, key in zip(TABLE_COLUMNS, row.cells, row.sort_keys, strict=True):
-            content = escape(text)
+            content, tip = escape(text), ""
             if column == "choice":
                 content = f'<span class="choice choice-{escape(text)}">{content}</span>'
+            if column == "source" and key:  # shown whole (the text table cuts it)
+                content = escape(str(key))
+                tip = f' title="{content}"'
             cls = ' class="num"' if column in _NUMERIC else (
-                ' class="wrap"' if column == "reason" else "")
-            cells.append(f'<td{cls} data-sort="{escape(str(key))}">{content}</td>')
+                ' class="wrap"' if column == "reason" else
+                ' class="src"' if column == "source" else "")
+            cells.append(f'<td{cls}{tip} data-sort="{escape(str(key))}">{content}</td>')
         body.append(f"<tr>{''.join(cells)}</tr>")
     return (f"<h4>{title}: {len(rows)} (click a column to sort)</h4>"
             f'<div class="fxopt-tensors-wrap"><table class="fxopt-tensors"><thead><tr>{head}'

@@ -11,25 +11,28 @@ from dataclasses import dataclass
 from typing import Any
 
 from fxopt.config import format_bytes
+from fxopt.graph import node_source
 from fxopt.graph_code import graph_code
 from fxopt.report import Report, Timeline
 
 NOT_PLANNED = "not planned"
-TABLE_COLUMNS = ("name", "shape", "dtype", "bytes", "choice", "cost", "reason")
+TABLE_COLUMNS = ("name", "source", "shape", "dtype", "bytes", "choice", "cost", "reason")
+SOURCE_CELL_CHARS = 60  # the text table cuts the source cell here; HTML shows it whole
 CHART_SYMBOLS = {"keep everything": ".", "PyTorch default": "o", "fxopt plan": "#"}
 _FALLBACK_SYMBOLS = "*+x%@"
 
 
 @dataclass(frozen=True)
 class Row:
-    """One row of the saved-tensor table: the cells as shown and the keys to sort them by."""
+    """One row of the saved-tensor table: the cells as shown and the keys to sort them by.
+    The source cell is cut to SOURCE_CELL_CHARS; its sort key is the whole source."""
 
     cells: tuple[str, ...]
     sort_keys: tuple[str | int, ...]
 
 
 def graph_title(report: Report) -> str:
-    return "fxopt.explain graph" if report.index < 0 else f"fxopt graph {report.index}"
+    return report.title
 
 
 def format_us(us: int | float) -> str:
@@ -90,23 +93,44 @@ def summary_items(report: Report) -> list[tuple[str, str]]:
     return items
 
 
+def source_cell(source: str) -> str:
+    if not source:
+        return "-"
+    return source if len(source) <= SOURCE_CELL_CHARS else source[:SOURCE_CELL_CHARS - 3] + "..."
+
+
+def _saved_sources(report: Report) -> dict[str, str]:
+    """Node name -> source, from the graphs a report without planned tensors still holds."""
+    wanted = {s.name for s in report.saved}
+    sources: dict[str, str] = {}
+    for gm in (report.joint_graph, report.forward_graph):
+        for n in getattr(getattr(gm, "graph", None), "nodes", ()):
+            if n.name in wanted and not sources.get(n.name):
+                sources[n.name] = node_source(n.meta)
+    return sources
+
+
 def table_rows(report: Report) -> list[Row]:
     """The planned tensors; before planning, the tensors PyTorch's partition saves."""
     rows = []
     if report.tensors:
         for t in report.tensors:
             shape = f"[{', '.join(t.shape)}]"
-            rows.append(Row((t.name, shape, t.dtype, format_bytes(t.nbytes), t.choice,
-                             format_us(t.cost_us), t.reason),
-                            (t.name, shape, t.dtype, t.nbytes, t.choice, t.cost_us, t.reason)))
+            rows.append(Row((t.name, source_cell(t.source), shape, t.dtype,
+                             format_bytes(t.nbytes), t.choice, format_us(t.cost_us), t.reason),
+                            (t.name, t.source, shape, t.dtype, t.nbytes, t.choice, t.cost_us,
+                             t.reason)))
         return rows
+    sources = _saved_sources(report)
     reason = f"saved by the {report.strategy} partition"
     if report.plan is None:
         reason = f"{NOT_PLANNED}: {reason}"
     for s in report.saved:
         shape = f"[{', '.join(s.shape)}]"
-        rows.append(Row((s.name, shape, s.dtype, format_bytes(s.nbytes), "saved", "-", reason),
-                        (s.name, shape, s.dtype, s.nbytes, "saved", -1, reason)))
+        source = sources.get(s.name, "")
+        rows.append(Row((s.name, source_cell(source), shape, s.dtype, format_bytes(s.nbytes),
+                         "saved", "-", reason),
+                        (s.name, source, shape, s.dtype, s.nbytes, "saved", -1, reason)))
     return rows
 
 

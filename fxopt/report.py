@@ -37,6 +37,7 @@ class TensorRow:
     choice: str  # "keep", "recompute", "offload", "lowbit", "lowbit_offload"
     cost_us: int  # estimated time the choice adds to the step
     reason: str  # why (e.g. "cheap to recompute", "random: never recomputed")
+    source: str = ""  # where in the user's code: "block.fc1: h = self.fc1(x)"; "" if unknown
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ class Report:
     stages: tuple[Stage, ...]
     forward_graph: Any = field(repr=False, compare=False)  # torch.fx.GraphModule
     backward_graph: Any = field(repr=False, compare=False)
-    index: int = -1  # position in the process-wide list; -1 for fxopt.explain
+    index: int = -1  # position in the process-wide list, or in the explained step
+    source: str = "backend"  # "backend" (a compile) or "explain" (fxopt.explain)
     status: str = ""  # solver status ("OPTIMAL", "FEASIBLE", "GREEDY", ...), "" when not planned
     extra_time_us: int = 0  # estimated time the plan adds to the step
     default_peak_bytes: int | None = None  # predicted peak of PyTorch's default partition
@@ -85,6 +87,11 @@ class Report:
     timelines: tuple[Timeline, ...] = ()  # keep everything / PyTorch default / fxopt plan
     joint_graph: Any = field(default=None, repr=False, compare=False)  # before partitioning
     problem: Any = field(default=None, repr=False, compare=False)  # fxopt.solver.Problem
+
+    @property
+    def title(self) -> str:
+        return f"fxopt.explain graph {self.index}" if self.source == "explain" else \
+            f"fxopt graph {self.index}"
 
     @property
     def saved_bytes(self) -> int:
@@ -97,7 +104,7 @@ class Report:
             peak = (f"; predicted peak {format_bytes(self.peak_bytes)} (keep-everything "
                     f"{format_bytes(self.baseline_peak_bytes)})")
         budget = format_bytes(self.budget_bytes) if self.budget_bytes is not None else "none"
-        return (f"fxopt graph {self.index}: {self.strategy}{fallback}; budget {budget}{peak}; "
+        return (f"{self.title}: {self.strategy}{fallback}; budget {budget}{peak}; "
                 f"{self.joint_ops} joint ops -> {self.forward_ops} fwd + {self.backward_ops} bwd;"
                 f" {len(self.saved)} saved tensors ({format_bytes(self.saved_bytes)}); "
                 f"{self.seconds * 1e3:.0f} ms")
@@ -111,3 +118,77 @@ class Report:
         from fxopt.render_html import render_html
 
         return render_html(self)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What `fxopt.explain` found for one training step: a `Report` per joint graph, in the
+    order the forward runs them (a graph break gives several), and the step as a whole.
+
+    `graph_count` counts every graph Dynamo built, including any that needs no backward (those
+    have no report). `peak_bytes` estimates the step's peak: each graph's predicted peak on top
+    of the saved tensors of the graphs before it, which are still held while it runs (forward
+    in order, backward in reverse)."""
+
+    graphs: tuple[Report, ...]
+    graph_count: int
+    seconds: float
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __iter__(self):
+        return iter(self.graphs)
+
+    def __getitem__(self, i: int) -> Report:
+        return self.graphs[i]
+
+    @property
+    def fallbacks(self) -> tuple[Report, ...]:
+        """The graphs that got PyTorch's default partition instead of a plan."""
+        return tuple(r for r in self.graphs if r.fallback_reason is not None)
+
+    def _step_peak(self, peak_of) -> int | None:
+        held, peak = 0, 0
+        for r in self.graphs:
+            p = peak_of(r)
+            if p is None:
+                return None
+            peak = max(peak, held + p)
+            held += r.saved_bytes
+        return peak
+
+    @property
+    def peak_bytes(self) -> int | None:
+        """Predicted peak of the step with fxopt's partitions (None if a graph was not planned)."""
+        return self._step_peak(lambda r: r.peak_bytes)
+
+    @property
+    def baseline_peak_bytes(self) -> int | None:
+        return self._step_peak(lambda r: r.baseline_peak_bytes)
+
+    @property
+    def default_peak_bytes(self) -> int | None:
+        return self._step_peak(lambda r: r.default_peak_bytes)
+
+    def summary(self) -> str:
+        fb = len(self.fallbacks)
+        peak = ("" if self.peak_bytes is None else
+                f"; predicted step peak {format_bytes(self.peak_bytes)}")
+        base = ("" if self.baseline_peak_bytes is None else
+                f" (keep-everything {format_bytes(self.baseline_peak_bytes)})")
+        return (f"fxopt.explain: {len(self.graphs)} training graph(s) of {self.graph_count} "
+                f"captured, {fb} fallback(s){peak}{base}; {self.seconds:.1f} s")
+
+    def __repr__(self) -> str:
+        return f"<StepReport {self.summary()}>"
+
+    def __str__(self) -> str:
+        return "\n\n".join([self.summary(), *(str(r) for r in self.graphs)])
+
+    def _repr_html_(self) -> str:
+        import html
+
+        parts = [f"<p><b>{html.escape(self.summary())}</b></p>"]
+        parts += [r._repr_html_() for r in self.graphs]
+        return "\n".join(parts)

@@ -3,6 +3,8 @@ and a report without a plan dumped without failing, with a note of what is missi
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 
@@ -59,5 +61,6 @@ def test_dump_of_unplanned_report_notes_what_is_missing(tmp_path: Path) -> None:
 
 
 def test_explain_reports_dump_under_their_own_prefix(tmp_path: Path) -> None:
-    written = dump_report(sample_report(index=-1), tmp_path)
-    assert sorted(p.name for p in written) == sorted(f"explain_{s}" for s in STAGES)
+    report = dataclasses.replace(sample_report(index=1), source="explain")
+    written = dump_report(report, tmp_path)
+    assert sorted(p.name for p in written) == sorted(f"explain1_{s}" for s in STAGES)

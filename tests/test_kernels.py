@@ -186,8 +186,14 @@ def test_ops_compile_with_inductor_on_cpu(monkeypatch: pytest.MonkeyPatch) -> No
     import torch._inductor.config
 
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "1")
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    # The configs' own patch(): monkeypatch's undo deletes a config entry that was never set
+    # by the user, which hides it from every later reader in the session.
+    with torch._inductor.config.patch(fx_graph_cache=False), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        compiled_matches_eager()
+
+
+def compiled_matches_eager() -> None:
     torch._dynamo.reset()
 
     def step(x: torch.Tensor) -> tuple[torch.Tensor, ...]:

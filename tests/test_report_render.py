@@ -193,7 +193,7 @@ def test_text_has_summary_table_chart_and_graphs() -> None:
     report = sample_report()
     text = render_text(report)
     assert "predicted peak with the plan" in text and "within budget" in text
-    assert re.search(r"^cos\s+\[8, 4\]\s+float32\s+128 B\s+lowbit\s+172 us", text, re.M)
+    assert re.search(r"^cos\s+-\s+\[8, 4\]\s+float32\s+128 B\s+lowbit\s+172 us", text, re.M)
     assert "# fxopt plan (peak 512 B)" in text and "- budget 600 B" in text
     assert "def backward(" in text and "# fxopt: offload of sin" in text
     assert "def forward(" in text and "OPTIMAL" in text
