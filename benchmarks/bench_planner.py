@@ -64,7 +64,7 @@ class Traced:
 def with_joint(model: nn.Module, inputs: tuple[Any, ...], fn: JointFn) -> Traced:
     """Traces the training step as `fxopt.explain` does and calls `fn` on its joint graph."""
     from fxopt.partition import _copy_graph
-    from fxopt.trace import trace_training_step
+    from fxopt.capture import capture_step, fake_device
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
     hook_s = 0.0
@@ -79,7 +79,8 @@ def with_joint(model: nn.Module, inputs: tuple[Any, ...], fn: JointFn) -> Traced
         return out
 
     t0 = time.perf_counter()
-    trace_training_step(model, inputs, None, partition)
+    capture_step(model, inputs, {}, None, (), partition,
+                 device=fake_device(model, gpu_profile=True))
     return Traced(time.perf_counter() - t0 - hook_s)
 
 

@@ -1,4 +1,5 @@
-"""fxopt.explain plans a training step on fake tensors: no kernel of the model runs."""
+"""fxopt.explain captures a training step through Dynamo on fake tensors and plans every graph:
+no kernel of the model runs."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ def test_explain_meta_gpt():
     with torch.device("meta"):
         model = GPT(cfg)
     idx = torch.empty(4, cfg.block_size, dtype=torch.long, device="meta")
-    report = fxopt.explain(model, idx, idx, budget=0.5)
-    assert isinstance(report, fxopt.Report)
+    step = fxopt.explain(model, idx, idx, budget=0.5)
+    assert len(step) == 1 and step.graph_count == 1 and not step.fallbacks
+    report = step[0]
+    assert isinstance(report, fxopt.Report) and report.source == "explain"
     assert report.forward_ops > 0 and report.backward_ops > 0
     assert report.saved and report.saved_bytes > 0
     assert report.options.budget == fxopt.Budget(fraction=0.5)
@@ -26,7 +29,7 @@ def test_explain_meta_gpt():
 
 def test_explain_sums_non_scalar_output_and_checks_loss():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    report = fxopt.explain(model, torch.randn(5, 4))
+    report = fxopt.explain(model, torch.randn(5, 4))[0]
     assert report.backward_ops > 0
     with pytest.raises(TypeError, match="scalar"):
         fxopt.explain(model, torch.randn(5, 4), loss_fn=lambda out: out)
@@ -44,7 +47,7 @@ def mlp() -> nn.Module:
 
 
 def test_plan_meets_budget_and_reports_everything():
-    report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.9)
+    report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.9)[0]
     assert report.strategy == "fxopt plan" and report.plan is not None
     assert report.peak_bytes <= report.budget_bytes < report.baseline_peak_bytes
     assert report.default_peak_bytes is not None
@@ -55,11 +58,26 @@ def test_plan_meets_budget_and_reports_everything():
 
 
 def test_unreachable_budget_names_the_minimum():
+    """An absolute size is a promise: below the reachable minimum it is an error that names
+    the minimum, and asking for that minimum gives a plan."""
+    keep = fxopt.explain(mlp(), torch.randn(256, 64))[0].baseline_peak_bytes
     with pytest.raises(fxopt.solver.InfeasibleBudgetError) as info:
-        fxopt.explain(mlp(), torch.randn(256, 64), budget=0.3)
+        fxopt.explain(mlp(), torch.randn(256, 64), budget=int(keep * 0.3))
     message = str(info.value)
     assert "smallest reachable peak" in message and "Raise the budget to at least" in message
     assert info.value.min_peak_bytes > info.value.budget_bytes  # carried for programs too
+    report = fxopt.explain(mlp(), torch.randn(256, 64), budget=info.value.min_peak_bytes)[0]
+    assert report.strategy == "fxopt plan"
+
+
+def test_unreachable_fraction_plans_the_smallest_peak_with_a_warning(caplog):
+    """A fraction is best effort: never an error, the smallest reachable plan and a warning."""
+    with caplog.at_level("WARNING", logger="fxopt"):
+        report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.3)[0]
+    assert report.strategy == "fxopt plan" and report.fallback_reason is None
+    assert report.peak_bytes < report.baseline_peak_bytes
+    assert any("smallest peak" in w for w in report.plan.warnings)
+    assert any("smallest peak" in r.getMessage() for r in caplog.records)
 
 
 def test_plan_that_cannot_be_applied_falls_back_with_warning(monkeypatch, caplog):
@@ -71,7 +89,7 @@ def test_plan_that_cannot_be_applied_falls_back_with_warning(monkeypatch, caplog
 
     monkeypatch.setattr(pipeline, "apply_plan", refuse)
     with caplog.at_level("WARNING", logger="fxopt"):
-        report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.9)
+        report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.9)[0]
     assert report.strategy == "PyTorch default"
     assert "simulated unsafe rewrite" in report.fallback_reason
     assert any("simulated unsafe rewrite" in r.getMessage() for r in caplog.records)
@@ -80,7 +98,7 @@ def test_plan_that_cannot_be_applied_falls_back_with_warning(monkeypatch, caplog
 def test_dump_dir_gets_every_stage(tmp_path):
     from fxopt.solver import Plan
 
-    report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.9, dump_dir=str(tmp_path))
+    report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.9, dump_dir=str(tmp_path))[0]
     names = sorted(p.name for p in tmp_path.iterdir())
     for stage in ("joint.py", "problem.json", "plan.json", "forward.py", "backward.py",
                   "report.txt", "report.html"):
@@ -95,16 +113,47 @@ def test_explain_cnn_with_targets_and_batch_norm():
     cfg = cnn.CNNConfig(width=4, image_size=16)
     x, y = cnn.synthetic_batch(cfg, 4, torch.Generator().manual_seed(0))
     report = fxopt.explain(cnn.SmallCNN(cfg), x, loss_fn=torch.nn.functional.cross_entropy,
-                           targets=(y,), budget=0.9)
+                           targets=(y,), budget=0.9)[0]
     assert report.strategy == "fxopt plan"
     assert report.peak_bytes <= report.budget_bytes
 
 
-def test_explain_names_a_real_tensor_the_loss_closes_over():
-    model, y = torch.nn.Linear(4, 1), torch.randn(5, 1)
-    with pytest.raises(TypeError, match="targets="):
-        fxopt.explain(model, torch.randn(5, 4),
-                      loss_fn=lambda out: torch.nn.functional.mse_loss(out, y))
+def test_explain_through_dynamo_sees_graph_breaks():
+    """Each graph Dynamo builds is planned; eager code between them runs on fake tensors."""
+
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(16, 64), nn.Linear(64, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = torch.tanh(self.a(x))
+            torch._dynamo.graph_break()
+            return self.b(h * 2)
+
+    model = Broken()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    step = fxopt.explain(model, torch.randn(8, 16), loss_fn=nn.functional.mse_loss,
+                         targets=(torch.randn(8, 1),), budget=0.8)
+    assert step.graph_count == 2 and len(step) == 2 and not step.fallbacks
+    assert [r.index for r in step] == [0, 1]
+    assert step.peak_bytes is not None and step.peak_bytes >= max(r.peak_bytes for r in step)
+    assert "2 training graph(s)" in step.summary()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters()), "explain must not train the model"
+
+
+def test_explain_hugging_face_output_with_loss():
+    """A Hugging Face model given labels returns an output with `.loss`: that is the loss."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=32,
+                                  vocab_size=64, bos_token_id=0, eos_token_id=0)
+    with torch.device("meta"):
+        model = transformers.GPT2LMHeadModel(cfg)
+    idx = torch.zeros(2, 16, dtype=torch.long, device="meta")
+    step = fxopt.explain(model, kwargs={"input_ids": idx, "labels": idx}, budget=0.5)
+    assert len(step) >= 1 and not step.fallbacks
+    assert all(r.strategy == "fxopt plan" for r in step)
 
 
 def test_backward_reads_sizes_not_tensors_kept_for_them():
@@ -114,7 +163,7 @@ def test_backward_reads_sizes_not_tensors_kept_for_them():
 
     model = fno.FNO2d(fno.FNOConfig(width=16, modes1=4, modes2=4, n_layers=4, proj_width=16))
     x, y = fno.synthetic_batch(4, 32, torch.Generator().manual_seed(0))
-    report = fxopt.explain(model, x, loss_fn=nn.functional.mse_loss, targets=(y,), budget=0.8)
+    report = fxopt.explain(model, x, loss_fn=nn.functional.mse_loss, targets=(y,), budget=0.8)[0]
     assert report.plan.counts()["recompute"] > 0
     graph = report.backward_graph.graph
     sizes_only = [n.name for n in graph.find_nodes(op="placeholder")

@@ -1,0 +1,172 @@
+"""Capture a training step through Dynamo on fake tensors, for `fxopt.explain`.
+
+The step runs exactly as under `torch.compile`: Dynamo captures the model (graph breaks and
+all), AOTAutograd builds each joint graph with Inductor's decompositions and joint-graph
+passes, and the same partition function the backend uses is called on it. Only code generation
+is left out: the forward and backward graphs run as FX code on fake tensors, so no kernel of
+the model runs and nothing is allocated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+PartitionFn = Callable[..., tuple[fx.GraphModule, fx.GraphModule]]
+LossFn = Callable[..., torch.Tensor]  # loss_fn(output, *targets) -> scalar
+
+
+def default_loss(output: Any, *targets: Any) -> torch.Tensor:
+    """A scalar output is the loss; a tensor is summed; an object with a `.loss` (Hugging Face
+    model outputs) gives that loss."""
+    if targets:
+        raise TypeError("targets= were given without loss_fn=: pass the loss that takes them")
+    loss = getattr(output, "loss", None)
+    if isinstance(loss, torch.Tensor):
+        output = loss
+    elif isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        output = output[0]
+    if isinstance(output, torch.Tensor):
+        return output if output.dim() == 0 else output.sum()
+    raise TypeError(f"the model returned {type(output).__name__}, not a tensor: pass loss_fn= "
+                    "to turn its output into a scalar loss")
+
+
+def fake_device(model: nn.Module, gpu_profile: bool) -> torch.device:
+    """Where the step is traced: CUDA for a GPU cost profile where CUDA is present, else the
+    model's own device (a meta model: the CPU). Dynamo cannot trace fake CUDA tensors on a
+    build without CUDA (the process aborts in a device guard), so there the CPU graph is
+    traced and planned as a CUDA graph (`plan_joint(device_type="cuda")`)."""
+    if gpu_profile and torch.cuda.is_available():
+        return torch.device("cuda")
+    for t in (*model.parameters(), *model.buffers()):
+        if t.device.type not in ("meta",):
+            return t.device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def _faked(model: nn.Module, mode: Any, device: torch.device) -> Iterator[None]:
+    """Swaps every parameter and buffer of `model` for a fake tensor on `device`, and back."""
+    saved: list[tuple[dict[str, Any], str, Any]] = []
+
+    def fake(t: torch.Tensor) -> torch.Tensor:
+        with mode:
+            out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+        return out
+
+    try:
+        for module in model.modules():
+            for table in (module._parameters, module._buffers):
+                for name, value in list(table.items()):
+                    if value is None:
+                        continue
+                    saved.append((table, name, value))
+                    new = fake(value)
+                    if isinstance(value, nn.Parameter):
+                        new = nn.Parameter(new, requires_grad=value.requires_grad)
+                    table[name] = new
+        yield
+    finally:
+        for table, name, value in reversed(saved):
+            table[name] = value
+
+
+def fake_input(value: Any, mode: Any, device: torch.device) -> Any:
+    if not isinstance(value, torch.Tensor):
+        return value
+    with mode:
+        out = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=device)
+    return out.requires_grad_(value.requires_grad)
+
+
+class CaptureBackend:
+    """A Dynamo backend: AOTAutograd with Inductor's decompositions, joint-graph passes and the
+    given partition; both halves run as FX graphs on fake tensors. Counts the graphs."""
+
+    def __init__(self, partition: PartitionFn) -> None:
+        self.partition = partition
+        self.graphs = 0
+
+    def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+        from torch._dynamo.backends.common import aot_autograd
+        from torch._functorch._aot_autograd.utils import make_boxed_func
+        from torch._guards import detect_fake_mode
+        from torch._inductor import compile_fx
+        from torch._inductor.decomposition import select_decomp_table
+        from torch._inductor.virtualized import V
+
+        self.graphs += 1
+        boxed = lambda g, _inputs: make_boxed_func(g)  # noqa: E731 - runs on fake tensors
+        inner = aot_autograd(
+            fw_compiler=boxed, bw_compiler=boxed, inference_compiler=boxed,
+            partition_fn=functools.partial(compile_fx.partition_fn,
+                                           partitioner_fn_override=self.partition),
+            decompositions=select_decomp_table())
+        # Inductor's joint-graph passes read the fake mode from its virtualized state.
+        with V.set_fake_mode(detect_fake_mode(example_inputs)), \
+                torch._functorch.config.patch(enable_autograd_cache=False):
+            return inner(gm, example_inputs)
+
+
+def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any],
+                 loss_fn: LossFn | None, targets: Sequence[Any], partition: PartitionFn, *,
+                 device: torch.device) -> int:
+    """Runs `loss_fn(torch.compile(model)(*inputs, **kwargs), *targets).backward()` on fake
+    tensors, calling `partition` on every joint graph; returns how many graphs Dynamo built."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the model has no parameter that requires grad: there is no backward "
+                         "pass to plan")
+    loss_of = loss_fn or default_loss
+    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
+    backend = CaptureBackend(partition)
+    fake = functools.partial(fake_input, mode=mode, device=device)
+    args = [fake(x) for x in inputs]
+    kw = {k: fake(v) for k, v in kwargs.items()}
+    fake_targets = [fake(t) for t in targets]
+    torch._dynamo.reset()  # the step is captured afresh, not served from an earlier compile
+    try:
+        with _faked(model, mode, device), _no_real_tensors(mode):
+            compiled = torch.compile(model, backend=backend)
+            with mode:
+                loss = loss_of(compiled(*args, **kw), *fake_targets)
+                if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
+                    raise TypeError("loss_fn must return a scalar tensor")
+                loss.backward()
+    finally:
+        torch._dynamo.reset()
+    return backend.graphs
+
+
+@contextlib.contextmanager
+def _no_real_tensors(mode: Any) -> Iterator[None]:
+    """A real tensor reaching the fake step (a target the loss closes over) gets a clear error."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    try:
+        yield
+    except BackendCompilerFailed as err:
+        # An error of fxopt's own (an unreachable absolute budget, bad options) is raised as
+        # itself, not inside Dynamo's wrapper.
+        inner = getattr(err, "inner_exception", None)
+        if isinstance(inner, (ValueError, TypeError)) and \
+                type(inner).__module__.startswith("fxopt"):
+            raise inner from None
+        raise
+    except AssertionError as err:
+        if "FakeTensor" not in str(err) and "fake" not in str(err).lower():
+            raise
+        raise TypeError(
+            "the model or loss_fn uses a real tensor that fxopt.explain did not fake (a target "
+            "the loss closes over, a tensor created outside the model): pass targets with "
+            "targets=(...) so that loss_fn(output, *targets) receives them, or keep such "
+            "tensors as module buffers") from err
