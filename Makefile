@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.fxopt-installed
 
-.PHONY: install demo test test-all bench bench-quick clean
+.PHONY: install demo test test-all bench bench-quick zoo clean
 
 install: $(STAMP)
 
@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first and explicitly, so that no later requirement resolves another (CUDA) build.
 	$(PY) -m pip install --disable-pip-version-check -q "$(TORCH)"
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,triton]"
+	# torch named again on the same line: no extra (transformers, neuraloperator) may replace it.
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[test,triton]" "$(TORCH)"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,6 +32,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m benchmarks.bench_pareto --quick
+
+# fxopt on the third-party models of tests/zoo.py; e.g. make zoo ZOO_ARGS="--quick"
+zoo: $(STAMP)
+	$(PY) -m benchmarks.bench_zoo $(ZOO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

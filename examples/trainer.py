@@ -48,4 +48,16 @@ def train(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
         losses.append(loss.item())
         if step % log_every == 0 or step == steps - 1:
             print(f"step {step:4d}  loss {losses[-1]:.4f}  {elapsed * 1e3:8.1f} ms")
+    print_fxopt_summary()
     return losses
+
+
+def print_fxopt_summary() -> None:
+    """One line per graph fxopt compiled (nothing when fxopt was not used)."""
+    import sys
+
+    fxopt = sys.modules.get("fxopt")
+    if fxopt is None:
+        return
+    for report in fxopt.reports():
+        print(report.summary())
