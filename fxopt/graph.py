@@ -29,7 +29,7 @@ from fxopt.opclass import Effect, OpClass, classify
 
 T = TypeVar("T")
 
-__all__ = ["GraphView", "Node", "OpKind", "Role", "Side", "TensorMeta", "JointGraph", "closure",
+__all__ = ["GraphView", "Node", "OpKind", "Role", "Side", "TensorMeta", "JointGraph", "closure", "on_host",
            "size_hint"]
 
 aten = torch.ops.aten
@@ -395,7 +395,7 @@ def _make_node(n: fx.Node, index: int, side: Side, is_output: bool, primal_index
           "getitem" if target is operator.getitem else str(target))
     opc = classify(n)
     outputs = _outputs(n.meta.get("val"))
-    if _on_host(n):
+    if on_host(n):
         outputs = tuple(dataclasses.replace(t, nbytes=sympy.Integer(0), nbytes_hint=0)
                         for t in outputs)
     return Node(
@@ -477,7 +477,8 @@ _HOST_OPS = ("fxopt.offload.default",)
 # lives in pinned host memory, so it counts zero bytes; its device memory is counted where
 # `prefetch` allocates it again. Known by the op rather than the tensor's device, because a
 # step traced on the CPU may be planned as a CUDA step (fxopt.explain with a GPU profile).
-def _on_host(n: fx.Node) -> bool:
+def on_host(n: fx.Node) -> bool:
+    """Whether the node's value is a host copy (NOTE [Host copies hold no device memory])."""
     if n.op == "call_function":
         return str(n.target) in _HOST_OPS
     return n.op == "placeholder" and bool(n.users) and all(

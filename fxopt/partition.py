@@ -23,7 +23,7 @@ from fxopt.solver import InfeasibleBudgetError
 
 from fxopt.config import Options, OptionsError
 from fxopt.dump import dump_report
-from fxopt.graph import size_hint
+from fxopt.graph import on_host, size_hint
 from fxopt.pipeline import plan_joint, timeline_of
 from fxopt.records import add_report
 from fxopt.report import Report, SavedTensor, Stage
@@ -158,7 +158,7 @@ def _saved_tensors(bwd: fx.GraphModule) -> tuple[SavedTensor, ...]:
         for d in val.shape:
             numel *= size_hint(d)
         saved.append(SavedTensor(node.name, shape, str(val.dtype).removeprefix("torch."),
-                                 numel * val.element_size()))
+                                 numel * val.element_size(), host=on_host(node)))
     return tuple(saved)
 
 

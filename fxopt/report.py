@@ -16,6 +16,7 @@ class SavedTensor:
     shape: tuple[str, ...]  # symbolic dimensions print as their symbol (e.g. 's0')
     dtype: str
     nbytes: int  # at the size hints when shapes are dynamic
+    host: bool = False  # an offloaded tensor's host copy: holds no device memory
 
 
 @dataclass(frozen=True)
@@ -155,7 +156,7 @@ class StepReport:
             if p is None:
                 return None
             peak = max(peak, held + p)
-            held += r.saved_bytes
+            held += sum(s.nbytes for s in r.saved if not s.host)
         return peak
 
     @property

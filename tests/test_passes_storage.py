@@ -22,8 +22,11 @@ def needed_by_backward(joint: fx.GraphModule, num_fwd_outputs: int) -> list[fx.N
 
 
 def storable(node: fx.Node) -> bool:
+    from torch._prims_common import is_non_overlapping_and_dense_or_false
+
     val = node.meta["val"]
-    return val.dtype.is_floating_point and val.numel() >= 64 and val.is_contiguous()
+    return val.dtype.is_floating_point and val.numel() >= 64 and \
+        is_non_overlapping_and_dense_or_false(val)
 
 
 def forced(kind: Kind, fmt: str | None):
@@ -96,3 +99,37 @@ def test_lowbit_everything_stays_close(model_name, fmt, kind):
         payloads = [n for n in saved if isinstance(n, fx.Node)
                     and n.meta["val"].dtype in payload_dtypes]
         assert len(payloads) == len(lowbit_tensors)
+
+
+class Transposed(torch.nn.Module):
+    """Saves a transposed activation for a matmul in backward, as attention saves its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(16, 32)
+        self.b = torch.nn.Linear(12, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.a(x)).transpose(1, 2)  # (batch, 32, 12), not contiguous
+        return self.b(torch.relu(h) * h).square().mean()
+
+
+@pytest.mark.parametrize("kind, fmt", [(Kind.OFFLOAD, None), (Kind.LOWBIT, "int8")])
+def test_restored_tensor_keeps_its_strides(kind, fmt):
+    """The backward was traced with the saved tensor's strides: a prefetched or dequantised
+    copy has the same ones (a transposed attention output stays transposed)."""
+    torch.manual_seed(0)
+    model = Transposed()
+    x = torch.randn(4, 12, 16)
+    graphs: dict[str, fx.GraphModule] = {}
+    compiled = torch.compile(twin(model), backend=fx_backend(forced(kind, fmt), graphs))
+    loss = lambda m, b: m(b[0])  # noqa: E731
+    if kind is Kind.OFFLOAD:
+        assert_step_matches(model, compiled, loss, (x,))
+    else:
+        step(compiled, loss, (x,), 0)
+    restored = [n for n in graphs["bwd"].graph.nodes if n.op == "call_function"
+                and inserted_by(n) and isinstance(n.meta.get("val"), torch.Tensor)
+                and n.meta["val"].dtype == torch.float32]
+    strided = [n for n in restored if not n.meta["val"].is_contiguous()]
+    assert strided, "no non-contiguous tensor was restored: nothing is tested"

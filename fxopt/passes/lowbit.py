@@ -16,10 +16,14 @@ def apply_lowbit(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, fmt: str,
                  num_fwd_outputs: int) -> str:
     """Stores saved tensor `name` in `fmt`; returns the name of the payload's forward node."""
     dtype: torch.dtype | None = None
+    order: list[int] = []  # x as a permutation of a contiguous tensor (NOTE [Low-bit layout])
 
     def quantise(graph: fx.Graph, x: fx.Node) -> list[fx.Node]:
-        nonlocal dtype
+        nonlocal dtype, order
         dtype = x.meta["val"].dtype
+        order = memory_order(x.meta["val"])
+        if order != sorted(order):
+            x = call(graph, torch.ops.aten.permute.default, (x, order), f"{name}_in_memory_order")
         if x.meta["val"].device.type != "cuda":
             return inline(graph, ref.quantize, (x, fmt, GRANULARITY), ("lowbit", name, "lowbit"))
         q = call(graph, torch.ops.fxopt.quantize.default, (x, fmt, GRANULARITY), f"{name}_{fmt}")
@@ -28,11 +32,32 @@ def apply_lowbit(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, fmt: str,
     def dequantise(graph: fx.Graph, inputs: list[fx.Node]) -> fx.Node:
         payload, scales = inputs
         if payload.meta["val"].device.type != "cuda":
-            return inline(graph, ref.dequantize, (payload, scales, GRANULARITY, dtype),
-                          ("lowbit", name, "lowbit"))[0]
-        return call(graph, torch.ops.fxopt.dequantize.default,
-                    (payload, scales, GRANULARITY, dtype), f"{name}_dequantized")
+            out = inline(graph, ref.dequantize, (payload, scales, GRANULARITY, dtype),
+                         ("lowbit", name, "lowbit"))[0]
+        else:
+            out = call(graph, torch.ops.fxopt.dequantize.default,
+                       (payload, scales, GRANULARITY, dtype), f"{name}_dequantized")
+        if order != sorted(order):
+            inverse = sorted(range(len(order)), key=order.__getitem__)
+            out = call(graph, torch.ops.aten.permute.default, (out, inverse), f"{name}_restrided")
+        return out
 
     stand_ins = replace_saved(fwd, bwd, name, num_fwd_outputs, quantise, dequantise, "lowbit",
                               f"lowbit-{fmt}")
     return stand_ins[0].name
+
+
+# NOTE [Low-bit layout]
+# A saved tensor may be a permutation of a dense buffer (attention outputs are saved transposed)
+# and the backward kernels that read it were traced with its strides. The payload is quantised
+# in memory order (x permuted so that it is contiguous, so each block of scales covers
+# consecutive bytes) and the dequantised tensor is permuted back: same shape, same strides.
+def memory_order(t: torch.Tensor) -> list[int]:
+    """The dimensions of `t` from outermost to innermost in memory (identity when contiguous
+    or when the layout is not a plain permutation of a dense buffer)."""
+    from torch._prims_common import is_non_overlapping_and_dense_or_false as dense
+
+    dims = list(range(t.dim()))
+    if not dims or not dense(t):
+        return dims
+    return sorted(dims, key=lambda d: (-t.stride(d), d))

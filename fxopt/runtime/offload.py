@@ -33,13 +33,25 @@ def _side_stream(device: torch.device) -> torch.cuda.Stream:
         return _streams[index]
 
 
+def _empty_like(x: torch.Tensor, device: torch.device | str, pin: bool = False) -> torch.Tensor:
+    """An empty tensor with `x`'s size and strides where `x` is dense (a transposed attention
+    output stays transposed: the backward kernels behind the prefetch were traced with those
+    strides), contiguous otherwise."""
+    from torch._prims_common import is_non_overlapping_and_dense_or_false as dense
+
+    if dense(x):
+        return torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device=device,
+                                   pin_memory=pin)
+    return torch.empty(x.shape, dtype=x.dtype, device=device, pin_memory=pin)
+
+
 @custom_op("fxopt::offload", mutates_args=())
 def offload(x: torch.Tensor) -> torch.Tensor:
     """A host copy of `x` (pinned on CUDA, copied on the side stream)."""
     if x.device.type != "cuda":
-        return x.clone(memory_format=torch.contiguous_format)
+        return _empty_like(x, "cpu").copy_(x)
     side = _side_stream(x.device)
-    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    host = _empty_like(x, "cpu", pin=True)
     side.wait_stream(torch.cuda.current_stream(x.device))
     with torch.cuda.stream(side):
         host.copy_(x, non_blocking=True)
@@ -49,16 +61,16 @@ def offload(x: torch.Tensor) -> torch.Tensor:
 
 @offload.register_fake
 def _(x: torch.Tensor) -> torch.Tensor:
-    return torch.empty(x.shape, dtype=x.dtype, device="cpu")
+    return _empty_like(x, "cpu")
 
 
 @custom_op("fxopt::prefetch", mutates_args=())
 def prefetch(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A device copy of `host`, started on the side stream; `wait_` before reading it."""
     if device.type != "cuda":
-        return host.to(device, copy=True)
+        return _empty_like(host, device).copy_(host)
     side = _side_stream(device)
-    out = torch.empty(host.shape, dtype=host.dtype, device=device)
+    out = _empty_like(host, device)
     side.wait_stream(torch.cuda.current_stream(device))  # `out` may reuse freed memory
     with torch.cuda.stream(side):
         out.copy_(host, non_blocking=True)
@@ -72,7 +84,7 @@ def prefetch(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @prefetch.register_fake
 def _(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return torch.empty(host.shape, dtype=host.dtype, device=device)
+    return _empty_like(host, device)
 
 
 @custom_op("fxopt::wait_", mutates_args=("x",))
