@@ -118,3 +118,21 @@ def test_unknown_name_error_is_helpful(mlp_views: dict) -> None:
         mlp_views["joint"]["does_not_exist"]
 
 
+
+
+def test_multi_dim_inverse_real_fft_holds_twice_its_input_while_it_runs():
+    """NOTE [Op workspace]: irfft2 copies its input and keeps a second complex buffer."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from fxopt.cost_models.memory import simulate_partition
+
+    spectrum = torch.fft.rfft2(torch.randn(4, 8, 16, 16))
+    gm = make_fx(lambda s: (torch.fft.irfft2(s, s=(16, 16)),))(spectrum)
+    view = GraphView.from_fx(gm, side=Side.FWD)
+    (c2r,) = [n for n in view.nodes if n.op == "aten._fft_c2r.default"]
+    assert c2r.workspace_bytes == 2 * spectrum.numel() * spectrum.element_size()
+    one_dim = make_fx(lambda s: (torch.fft.irfft(s, n=16),))(spectrum)
+    assert all(n.workspace_bytes == 0 for n in GraphView.from_fx(one_dim, side=Side.FWD).nodes)
+    empty = GraphView.from_fx(make_fx(lambda: ())(), side=Side.BWD)
+    timeline = simulate_partition(view, empty)
+    assert timeline.peak_bytes >= c2r.workspace_bytes + c2r.nbytes_hint

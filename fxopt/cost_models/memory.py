@@ -44,6 +44,7 @@ class Step:
     writes: tuple[tuple[Key, int], ...]
     reads: frozenset[Key]
     inplace: Key | None = None
+    workspace: int = 0  # scratch bytes held only while the kernel runs (NOTE [Op workspace])
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def simulate_steps(steps: Sequence[Step], *, initial: Mapping[Key, int] | None =
             new -= size[s.inplace]
             free_at[i] = [k for k in free_at.get(i, []) if k != s.inplace]
         live += new
-        during = live
+        during = live + s.workspace
         for k in free_at.get(i, ()):
             live -= size[k]
         out.append(MemoryStep(s.name, s.side, during, live))
@@ -132,7 +133,8 @@ def _steps_of_graph(view: GraphView, tag: str, kernels: Sequence[Kernel], side: 
         writes = tuple(((tag, w[0], w[1]), view.storage_bytes(w)) for w in k.writes)
         reads = frozenset(r for r in (key(x) for x in k.reads) if r is not None)
         inplace = key(k.inplace) if k.inplace is not None else None
-        steps.append(Step(k.name, side, writes, reads, inplace))
+        workspace = sum(view[n].workspace_bytes for n in k.nodes if n in view.by_name)
+        steps.append(Step(k.name, side, writes, reads, inplace, workspace))
     return steps
 
 
