@@ -140,6 +140,7 @@ class Node:
     is_mutating: bool = False
     refusal: str | None = None  # why it must not run again in backward (fxopt.opclass)
     workspace_bytes: int = 0  # scratch memory the op holds only while it runs
+    must_recompute: bool = False  # the model's checkpoint policy requires recomputing it
     flops: int = 0  # PyTorch's flop-counter rules at the size hints (0 where no rule exists)
     primal_index: int | None = None  # position among the primals, for placeholders
     source: str = ""  # where in the user's code: "block.fc1: h = self.fc1(x)" (node_source)
@@ -407,6 +408,7 @@ def _make_node(n: fx.Node, index: int, side: Side, is_output: bool, primal_index
         is_output=is_output, is_random=opc.effect is Effect.RANDOM,
         is_mutating=opc.effect is Effect.MUTATING, refusal=_refusal(n, opc),
         flops=_flops(n) if n.op == "call_function" else 0, workspace_bytes=_workspace(n),
+        must_recompute=_must_recompute(n) and opc.refusal is None,
         primal_index=primal_index if n.op == "placeholder" else None,
         source=node_source(n.meta))
 
@@ -501,3 +503,21 @@ def _workspace(n: fx.Node) -> int:
         return 0
     val = src.meta.get("val")
     return 2 * _tensor_meta(val).nbytes_hint if isinstance(val, torch.Tensor) else 0
+
+
+# NOTE [The model's own checkpoint policy]
+# Nodes inside a `torch.utils.checkpoint` region carry `meta["recompute"]`: plain checkpoint
+# and Hugging Face's gradient checkpointing tag them PREFER_RECOMPUTE, selective policies
+# choose per op among MUST_SAVE, PREFER_SAVE, PREFER_RECOMPUTE and MUST_RECOMPUTE. MUST_SAVE is
+# never recomputed (`_refusal`); MUST_RECOMPUTE is always recomputed where the backward needs
+# it, except the last node of a region that the next region reads (PyTorch's own partitioner
+# saves that one, `cleanup_recompute_tags`). PREFER_* are hints: the budget is capped at
+# PyTorch's default partition, which honours them, so fxopt never plans to hold more.
+def _must_recompute(n: fx.Node) -> bool:
+    policy = getattr(n.meta.get("recompute"), "name", None)
+    if policy != "MUST_RECOMPUTE":
+        return False
+    region = n.meta.get("ac_graph_id")
+    return not any(getattr(u.meta.get("recompute"), "name", "").endswith("RECOMPUTE")
+                   and region is not None and u.meta.get("ac_graph_id", region) > region
+                   for u in n.users)

@@ -119,6 +119,7 @@ def build_problem(joint: GraphView, profile: DeviceProfile, *, host_is_device: b
             bwd_uses=bwd_uses, inputs=tuple(i for i in inputs if writer[keys[i]] < s),
             recompute_us=to_us(kernel_seconds(fwd, kernel, profile)) if kernel else 0,
             recomputable=unsafe is None and kernel is not None,
+            must_recompute=unsafe is None and kernel is not None and node.must_recompute,
             lowbit_bytes=(numel + 4 * math.ceil(numel / LOWBIT_BLOCK)) if lowbit_ok else 0,
             cast_us=to_us(2 * cast_seconds(numel, meta.itemsize, 1, profile)) if lowbit_ok else 0,
             copy_us=to_us(transfer_seconds(nbytes, profile))

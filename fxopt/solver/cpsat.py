@@ -120,6 +120,11 @@ def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> M
                     d2h_terms.append((v, d_exp))
                     d2h_copy.append((v, copy))
                     h2d_terms.append((v, h2d_exposed(problem, c, q, lb)))
+        if c.must_recompute and pts[i]:  # the model's checkpoint policy: nothing else
+            for kind, _, v in ch:
+                if kind is not Kind.RECOMPUTE:
+                    m.add(v == 0)
+            m.add(keep == 0)
         m.add_exactly_one([keep] + [v for _, _, v in ch])
         mdl.keep.append(keep)
         mdl.choices.append(ch)

@@ -8,8 +8,8 @@ from fxopt.solver.errors import InvalidPlanError
 from fxopt.solver.options import SolverOptions
 from fxopt.solver.plan import Decision, Kind
 from fxopt.solver.problem import Candidate, Problem
-from fxopt.solver.validate import (Simulation, bytes_at, d2h_window, demands, h2d_exposed,
-                                   prefetch_points, simulate)
+from fxopt.solver.validate import (Simulation, bytes_at, canonical, d2h_window, demands,
+                                   h2d_exposed, prefetch_points, simulate)
 
 # NOTE [Greedy planner]
 # Start from keep-everything. While the simulated peak is over budget, look at the peak step and
@@ -24,31 +24,6 @@ from fxopt.solver.validate import (Simulation, bytes_at, d2h_window, demands, h2
 # rounds): recomputing a tensor pins its inputs on the device, so recompute-first can leave no
 # storage choice for them. Those passes are slower and their plans often costly; the planner
 # uses them only as a fallback, never as the CP-SAT hint (CP-SAT stays close to its hint).
-
-
-def canonical(problem: Problem, kinds: Sequence[Kind], prefetch: Sequence[int | None],
-              fmt: str | None) -> tuple[Decision, ...]:
-    """Decisions from kinds alone: recompute / dequantise at the first demand (the latest valid
-    point, best for memory at equal cost), prefetch where `prefetch` says. A non-keep tensor
-    that nothing demands becomes KEEP."""
-    n = len(problem.candidates)
-    dem: list[list[int]] = [list(c.bwd_uses) for c in problem.candidates]
-    restore: list[int | None] = [None] * n
-    out_kind = list(kinds)
-    for i in sorted(range(n), key=lambda j: -problem.candidates[j].produced):
-        kind = kinds[i]
-        if kind is Kind.KEEP:
-            continue
-        if not dem[i]:
-            out_kind[i] = Kind.KEEP
-            continue
-        restore[i] = prefetch[i] if kind.offloaded else problem.anchor(min(dem[i]))
-        if kind is Kind.RECOMPUTE:
-            for j in problem.candidates[i].inputs:
-                dem[j].append(restore[i])  # type: ignore[arg-type]
-    return tuple(
-        Decision(c.name, k, restore[i] if k is not Kind.KEEP else None, fmt if k.lowbit else None)
-        for i, (c, k) in enumerate(zip(problem.candidates, out_kind)))
 
 
 # A tensor's choice only moves up this order (keep -> storage -> recompute).
@@ -194,7 +169,7 @@ def _greedy(problem: Problem, budget: int, opts: SolverOptions, best_effort: boo
             storage_first: str) -> tuple[tuple[Decision, ...], Simulation] | None:
     n = len(problem.candidates)
     fmt = opts.allow_lowbit or None
-    kinds = [Kind.KEEP] * n
+    kinds = [Kind.RECOMPUTE if c.must_recompute else Kind.KEEP for c in problem.candidates]
     pref: list[int | None] = [None] * n
     decisions = canonical(problem, kinds, pref, fmt)
     sim = simulate(problem, decisions)
@@ -227,7 +202,8 @@ def _greedy(problem: Problem, budget: int, opts: SolverOptions, best_effort: boo
         if sim.peak_bytes < lowest[1].peak_bytes:
             lowest = (decisions, sim)
     # Undo what the budget does not need, most expensive first.
-    order = sorted((i for i in range(n) if kinds[i] is not Kind.KEEP),
+    order = sorted((i for i in range(n) if kinds[i] is not Kind.KEEP
+                    and not problem.candidates[i].must_recompute),
                    key=lambda i: (-_cost(problem.candidates[i], decisions[i], opts), i))
     for i in order:
         if decisions[i].kind is Kind.KEEP:  # became undemanded by an earlier undo

@@ -41,6 +41,8 @@ class Candidate:
     lowbit_bytes: size of the low-bit copy including scales; 0 when it is not eligible.
     cast_us: quantise + dequantise time for the low-bit copy.
     copy_us: host<->device copy time of the full tensor, per direction; 0 disables offload.
+    must_recompute: the model's own checkpoint policy requires recomputing it (a hard
+        constraint wherever something in backward needs it; implies recomputable).
     """
 
     name: str
@@ -54,6 +56,7 @@ class Candidate:
     lowbit_bytes: int = 0
     cast_us: int = 0
     copy_us: int = 0
+    must_recompute: bool = False
 
     @property
     def first_bwd_use(self) -> int | None:
@@ -170,6 +173,8 @@ def _check_problem(p: Problem) -> None:
         for j in c.inputs:
             if not 0 <= j < len(p.candidates) or p.candidates[j].produced >= c.produced:
                 raise ProblemError(f"{where}: input {j} must be a candidate produced earlier")
+        if c.must_recompute and not c.recomputable:
+            raise ProblemError(f"{where}: must_recompute needs recomputable")
         if min(c.bytes, c.recompute_us, c.lowbit_bytes, c.cast_us, c.copy_us) < 0:
             raise ProblemError(f"{where}: sizes and times must be non-negative")
         if c.lowbit_bytes > c.bytes:

@@ -29,7 +29,8 @@ from fxopt.solver.problem import Candidate, Problem
 #                   full on [q, L] from the prefetch step q = restore_step, F <= q <= b where b is
 #                   its first own backward use.
 #   LOWBIT_OFFLOAD  quantised at f: low-bit bytes on [f+1, D'], on [q, b-1], full on [b, L].
-# Structural rules: RECOMPUTE only for recomputable candidates; the low-bit and offload kinds
+# Structural rules: RECOMPUTE only for recomputable candidates, and for every demanded
+# must_recompute one; the low-bit and offload kinds
 # only for candidates with backward uses of their own (a tensor only recomputations read is kept
 # or recomputed), low-bit only where lowbit_bytes > 0, offload only where copy_us > 0; an
 # offloaded tensor may not be read by a recomputation before its own first backward use b (so
@@ -118,6 +119,8 @@ def _check(problem: Problem, i: int, dec: Decision, dem: list[int]) -> None:
     where = f"tensor {c.name!r} ({dec.kind.value})"
     if dec.name != c.name:
         raise InvalidPlanError(f"decision {i} is for {dec.name!r}, expected {c.name!r}")
+    if dec.kind is not Kind.RECOMPUTE and c.must_recompute and dem:
+        raise InvalidPlanError(f"{where}: the model's checkpoint policy requires recomputing it")
     if dec.kind is Kind.KEEP:
         return
     r = dec.restore_step
@@ -222,8 +225,38 @@ def simulate(problem: Problem, decisions: Sequence[Decision]) -> Simulation:
         exposed_h2d_us=max(h2d_exp, h2d_sum - problem.compute_us(F, S - 1)))
 
 
+def canonical(problem: Problem, kinds: Sequence[Kind], prefetch: Sequence[int | None],
+              fmt: str | None) -> tuple[Decision, ...]:
+    """Decisions from kinds alone: recompute / dequantise at the first demand (the latest valid
+    point, best for memory at equal cost), prefetch where `prefetch` says. A non-keep tensor
+    that nothing demands becomes KEEP."""
+    n = len(problem.candidates)
+    dem: list[list[int]] = [list(c.bwd_uses) for c in problem.candidates]
+    restore: list[int | None] = [None] * n
+    out_kind = list(kinds)
+    for i in sorted(range(n), key=lambda j: -problem.candidates[j].produced):
+        kind = kinds[i]
+        if kind is Kind.KEEP:
+            continue
+        if not dem[i]:
+            out_kind[i] = Kind.KEEP
+            continue
+        restore[i] = prefetch[i] if kind.offloaded else problem.anchor(min(dem[i]))
+        if kind is Kind.RECOMPUTE:
+            for j in problem.candidates[i].inputs:
+                dem[j].append(restore[i])  # type: ignore[arg-type]
+    return tuple(
+        Decision(c.name, k, restore[i] if k is not Kind.KEEP else None, fmt if k.lowbit else None)
+        for i, (c, k) in enumerate(zip(problem.candidates, out_kind)))
+
+
 def keep_all(problem: Problem) -> tuple[Decision, ...]:
-    return tuple(Decision(c.name, Kind.KEEP) for c in problem.candidates)
+    """Keep everything the model allows: what its own checkpoint policy marks must-recompute is
+    recomputed at its first demand, the rest is kept."""
+    if not any(c.must_recompute for c in problem.candidates):
+        return tuple(Decision(c.name, Kind.KEEP) for c in problem.candidates)
+    kinds = [Kind.RECOMPUTE if c.must_recompute else Kind.KEEP for c in problem.candidates]
+    return canonical(problem, kinds, [None] * len(kinds), None)
 
 
 def baseline_peak(problem: Problem) -> int:
