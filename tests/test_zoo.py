@@ -15,6 +15,7 @@ import torch
 
 pytest.importorskip("transformers")
 pytest.importorskip("neuralop")
+pytest.importorskip("diffusers")
 
 from fxopt.capture import CaptureBackend  # noqa: E402
 from fxopt.config import Options  # noqa: E402

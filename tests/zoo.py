@@ -248,6 +248,28 @@ def _resnet(batch: int = 2) -> Built:
 
 
 # --------------------------------------------------------------------------------------------
+# diffusers
+
+def _unet(batch: int = 2) -> Built:
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(SEED)
+    model = UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                        block_out_channels=(16, 32), norm_num_groups=8, attention_head_dim=8,
+                        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                        up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+    noisy = torch.randn(batch, 3, 16, 16)
+    timestep = torch.randint(0, 1000, (batch,))
+    noise = torch.randn(batch, 3, 16, 16)
+    return _train(model), {"sample": noisy, "timestep": timestep}, {"target": noise}
+
+
+def unet_loss(output: Any, targets: Inputs) -> torch.Tensor:
+    """The denoising loss: the predicted noise against the true noise."""
+    return F.mse_loss(output.sample, targets["target"])
+
+
+# --------------------------------------------------------------------------------------------
 # neuraloperator
 
 def _use_tensorly_einsum(opt_einsum: bool) -> None:
@@ -360,6 +382,7 @@ _CASES = [
     ZooCase("hf_vit", _vit, hf_loss, tags=("hf", "vision")),
     ZooCase("hf_whisper", _whisper, hf_loss, tags=("hf", "audio", "encoder-decoder")),
     ZooCase("hf_resnet", _resnet, hf_loss, tags=("hf", "vision", "batchnorm")),
+    ZooCase("diffusers_unet", _unet, unet_loss, tags=("diffusers", "vision", "attention")),
     ZooCase("fno", _fno, mse_loss, tags=("neuralop", "fft", "complex")),
     ZooCase("fno_opt_einsum", _fno_opt_einsum, mse_loss, graph_breaks=True,
             tags=("neuralop", "fft", "complex", "pattern", "graph-break")),
