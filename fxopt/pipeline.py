@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from fxopt.config import Options
+from fxopt.config import Options, format_bytes
 from fxopt.cost_models.device import get_profile
 from fxopt.cost_models.memory import simulate_partition
 from fxopt.graph import GraphView, Side
@@ -205,9 +205,12 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
         # NOTE [Best-effort budgets]: a fraction (or no budget) never stops a run.
         asked, budget = budget, err.min_peak_bytes
         plan, applied, planned = _solve_and_apply(*solve_args, budget, **rest)
+        what = f"budget {options.budget}" if options.budget is not None else \
+            "PyTorch's default partition"
         plan = plan.with_(warnings=plan.warnings + (
-            f"the budget of {asked} B is below the smallest peak fxopt reaches for this graph; "
-            f"planned for {budget} B instead (an explicit size as budget makes this an error)",))
+            f"{what} ({format_bytes(asked)}) is below the smallest peak fxopt reaches for this "
+            f"graph; planned for that, {format_bytes(budget)} (a size as budget makes this an "
+            "error)",))
     stages.append(Stage("solve, passes and check", time.perf_counter() - t0))
     keep = Timeline("keep everything", baseline.memory, built.problem.num_fwd_steps)
     tensors = tuple(
