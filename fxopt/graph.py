@@ -353,6 +353,25 @@ def _touches_complex(n: fx.Node) -> bool:
     return False
 
 
+# NOTE [Fallback outputs that keep their input's strides]
+# An eager fallback allocates what the ATen kernel allocates, which is not always a dense
+# buffer of its output's size. The functional `copy(self, src)` is `clone_preserve_strides(self)`
+# then `copy_`: for `self` a slice of a larger tensor it allocates the whole span of that
+# tensor's storage and returns a view into it. FNO's spectral layers write their truncated modes
+# into a zero spectrum this way (`out_fft[slices] = ...`, functionalised to copy + slice_scatter
+# on a complex tensor, an eager fallback): the copy holds the full 4 MiB spectrum, not the
+# 2.25 MiB slice (measured, RSS per wrapper line). The fake tensor of the output has the same
+# storage, so an extern node counts its output's storage where that is larger.
+def _fallback_storage(val: torch.Tensor, meta: TensorMeta) -> TensorMeta:
+    try:
+        span = size_hint(val.untyped_storage().nbytes())
+    except (RuntimeError, NotImplementedError, ValueError):
+        return meta
+    if span <= meta.nbytes_hint:
+        return meta
+    return dataclasses.replace(meta, nbytes=sympy.Integer(span), nbytes_hint=span)
+
+
 def _flops(n: fx.Node) -> int:
     from torch.utils.flop_counter import flop_registry
 
@@ -397,6 +416,8 @@ def _make_node(n: fx.Node, index: int, side: Side, is_output: bool, primal_index
           "getitem" if target is operator.getitem else str(target))
     opc = classify(n)
     outputs = _outputs(n.meta.get("val"))
+    if kind is OpKind.EXTERN and isinstance(n.meta.get("val"), torch.Tensor):
+        outputs = (_fallback_storage(n.meta["val"], outputs[0]),)
     if on_host(n):
         outputs = tuple(dataclasses.replace(t, nbytes=sympy.Integer(0), nbytes_hint=0)
                         for t in outputs)
@@ -495,8 +516,22 @@ def on_host(n: fx.Node) -> bool:
 # and transforms the leading dimensions into a second complex buffer before the last one, so it
 # holds twice its input besides its output (6.5 MiB for a 2.25 MiB input and a 2 MiB output).
 # Over one dimension, and real-to-complex or complex-to-complex transforms, hold nothing extra.
+#
+# A CPU convolution (oneDNN, `mkldnn_convolution`) reorders its activations into a blocked layout
+# whose channel dimension is padded to a multiple of the vector width (16 floats with AVX-512):
+# the forward holds a blocked input and a blocked output, then the plain output and the blocked
+# one; `convolution_backward` holds a blocked grad_output and a blocked input besides its
+# outputs. Measured for groups=1 (1-d and 2-d, 1x1 and 3x3, 1 to 128 channels): the peak of one
+# call above its arguments is P(out) + max(P(in), out) for the forward and grad_input + P(in) +
+# P(grad_out) for the backward, P(t) being t's bytes with its channels padded. With few
+# channels this is many times the activations (FNO's 8-channel channel-MLPs: 8 MiB on top of a
+# 2 MiB output at batch 256), and it is where the step peaks.
 def _workspace(n: fx.Node) -> int:
-    if n.op != "call_function" or n.target is not aten._fft_c2r.default:
+    if n.op != "call_function":
+        return 0
+    if n.target in (aten.convolution.default, aten.convolution_backward.default):
+        return _conv_workspace(n)
+    if n.target is not aten._fft_c2r.default:
         return 0
     src, dims = n.args[0], n.args[1]
     if not isinstance(src, fx.Node) or len(dims) < 2:
@@ -521,3 +556,31 @@ def _must_recompute(n: fx.Node) -> bool:
     return not any(getattr(u.meta.get("recompute"), "name", "").endswith("RECOMPUTE")
                    and region is not None and u.meta.get("ac_graph_id", region) > region
                    for u in n.users)
+
+
+def _conv_workspace(n: fx.Node) -> int:
+    """oneDNN's blocked copies of a CPU convolution's activations (NOTE [Op workspace])."""
+    forward = n.target is aten.convolution.default
+    transposed, groups = (n.args[6], n.args[8]) if forward else (n.args[7], n.args[9])
+    vals = [a.meta.get("val") if isinstance(a, fx.Node) else None for a in n.args[:2]]
+    out = n.meta.get("val")
+    if forward:
+        vals = [vals[0], out]  # input, output
+    else:
+        vals = [vals[1], vals[0]]  # input, grad_output
+    if (transposed or groups != 1 or not all(isinstance(v, torch.Tensor) for v in vals)
+            or vals[0].device.type != "cpu" or not vals[0].is_floating_point()
+            or vals[0].dim() < 3):
+        return 0
+    block = 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+
+    def padded(t: torch.Tensor) -> int:
+        c = size_hint(t.shape[1])
+        return _tensor_meta(t).nbytes_hint // max(c, 1) * (-(-c // block) * block)
+
+    if forward:
+        inp, res = vals
+        return padded(res) + max(padded(inp), _tensor_meta(res).nbytes_hint) \
+            - _tensor_meta(res).nbytes_hint
+    inp, grad_out = vals
+    return padded(inp) + padded(grad_out)
