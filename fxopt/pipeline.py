@@ -19,7 +19,7 @@ from fxopt.graph import GraphView, Side
 from fxopt.passes import AppliedPlan, apply_plan
 from fxopt.report import Stage, TensorRow, Timeline
 from fxopt.solver import (Candidate, Decision, InfeasibleBudgetError, Kind, NoPlanFoundError,
-                          Plan, SolverOptions, keep_all, simulate, solve)
+                          Plan, SolverOptions, keep_all, min_peak, simulate, solve)
 from fxopt.solver.build import BuiltProblem, build_problem
 
 
@@ -199,11 +199,14 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                 baseline_peak=baseline.peak_bytes)
     try:
         plan, applied, planned = _solve_and_apply(*solve_args, budget, **rest)
-    except InfeasibleBudgetError as err:
+    except (InfeasibleBudgetError, NoPlanFoundError) as err:
         if strict:
             raise
-        # NOTE [Best-effort budgets]: a fraction (or no budget) never stops a run.
-        asked, budget = budget, err.min_peak_bytes
+        # NOTE [Best-effort budgets]: a fraction (or no budget) never stops a run. Where the
+        # search ran out of time before it could say, the lowest peak it finds is asked for.
+        asked = budget
+        budget = err.min_peak_bytes if isinstance(err, InfeasibleBudgetError) else \
+            min_peak(built.problem, solver_options, max(options.time_limit_s / 2, 1.0))[0]
         plan, applied, planned = _solve_and_apply(*solve_args, budget, **rest)
         what = f"budget {options.budget}" if options.budget is not None else \
             "PyTorch's default partition"
