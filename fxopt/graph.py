@@ -140,6 +140,7 @@ class Node:
     is_mutating: bool = False
     refusal: str | None = None  # why it must not run again in backward (fxopt.opclass)
     workspace_bytes: int = 0  # scratch memory the op holds only while it runs
+    layout_copy_bytes: int = 0  # a fixed input's channels-last copy (NOTE [Channels-last copies])
     must_recompute: bool = False  # the model's checkpoint policy requires recomputing it
     flops: int = 0  # PyTorch's flop-counter rules at the size hints (0 where no rule exists)
     primal_index: int | None = None  # position among the primals, for placeholders
@@ -429,6 +430,7 @@ def _make_node(n: fx.Node, index: int, side: Side, is_output: bool, primal_index
         is_output=is_output, is_random=opc.effect is Effect.RANDOM,
         is_mutating=opc.effect is Effect.MUTATING, refusal=_refusal(n, opc),
         flops=_flops(n) if n.op == "call_function" else 0, workspace_bytes=_workspace(n),
+        layout_copy_bytes=_channels_last_copy(n),
         must_recompute=_must_recompute(n) and opc.refusal is None,
         primal_index=primal_index if n.op == "placeholder" else None,
         source=node_source(n.meta))
@@ -525,7 +527,10 @@ def on_host(n: fx.Node) -> bool:
 # call above its arguments is P(out) + max(P(in), out) for the forward and grad_input + P(in) +
 # P(grad_out) for the backward, P(t) being t's bytes with its channels padded. With few
 # channels this is many times the activations (FNO's 8-channel channel-MLPs: 8 MiB on top of a
-# 2 MiB output at batch 256), and it is where the step peaks.
+# 2 MiB output at batch 256), and it is where the step peaks. This holds for 1-d convolutions
+# only: Inductor lays out 2-d ones channels-last on the CPU (NOTE [Channels-last copies]), and
+# oneDNN runs those in place, with nothing above the arguments (measured: hf_resnet's 3x3 and
+# 7x7 convolutions and their backward, 3 to 16 channels; ViT's patch embedding).
 def _workspace(n: fx.Node) -> int:
     if n.op != "call_function":
         return 0
@@ -570,7 +575,7 @@ def _conv_workspace(n: fx.Node) -> int:
         vals = [vals[1], vals[0]]  # input, grad_output
     if (transposed or groups != 1 or not all(isinstance(v, torch.Tensor) for v in vals)
             or vals[0].device.type != "cpu" or not vals[0].is_floating_point()
-            or vals[0].dim() < 3):
+            or vals[0].dim() < 3 or _inductor_channels_last(vals[0])):
         return 0
     block = 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
 
@@ -584,3 +589,31 @@ def _conv_workspace(n: fx.Node) -> int:
             - _tensor_meta(res).nbytes_hint
     inp, grad_out = vals
     return padded(inp) + padded(grad_out)
+
+
+# NOTE [Channels-last copies]
+# On the CPU with oneDNN, Inductor's layout optimisation (`GraphLowering.decide_layout_opt`)
+# is on for every graph with a convolution, and it makes each 2-d convolution read its input
+# and weight channels-last (`require_channels_last`). A parameter or user input in the default
+# layout is therefore copied once, at the start of the forward, and the copy is what the
+# backward receives in its place: hf_resnet's `pixel_values` (256x3x32x32, 3 MiB) is held from
+# the first kernel of the forward to the last `convolution_backward`, on top of everything the
+# graphs show (measured, RSS per wrapper line; its 7x7 weight's copy too, a few KiB). The copy
+# counts as a buffer of the placeholder's size wherever the placeholder is read.
+def _inductor_channels_last(t: torch.Tensor) -> bool:
+    return (t.dim() == 4 and t.device.type == "cpu" and torch.backends.mkldnn.enabled
+            and torch.backends.mkldnn.is_available())
+
+
+def _channels_last_copy(n: fx.Node) -> int:
+    """Bytes of the channels-last copy Inductor makes of a placeholder that a 2-d CPU
+    convolution reads as input or weight (NOTE [Channels-last copies]); 0 otherwise."""
+    val = n.meta.get("val")
+    if n.op != "placeholder" or not isinstance(val, torch.Tensor) \
+            or not _inductor_channels_last(val) or not val.is_floating_point() \
+            or val.is_contiguous(memory_format=torch.channels_last):
+        return 0
+    if any(u.op == "call_function" and u.target is aten.convolution.default
+           and n in u.args[:2] for u in n.users):
+        return _tensor_meta(val).nbytes_hint
+    return 0

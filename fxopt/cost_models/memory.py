@@ -146,10 +146,13 @@ def _placeholder_keys(view: GraphView, tag: str, saved_map: Mapping[str, Key]
     for n in view.nodes:
         if n.kind is not OpKind.PLACEHOLDER:
             continue
-        if n.is_fixed:
-            resolve[(n.name, 0)] = None
-        elif n.role is Role.SAVED and n.name in saved_map:
+        if n.name in saved_map:
             resolve[(n.name, 0)] = saved_map[n.name]
+        elif n.is_fixed and n.layout_copy_bytes:  # NOTE [Channels-last copies]
+            resolve[(n.name, 0)] = (tag, n.name, 0)
+            fresh[(tag, n.name, 0)] = n.layout_copy_bytes
+        elif n.is_fixed:
+            resolve[(n.name, 0)] = None
         else:  # tangents, or saved values whose producer is unknown: live from the start
             resolve[(n.name, 0)] = (tag, n.name, 0)
             fresh[(tag, n.name, 0)] = n.nbytes_hint
@@ -166,7 +169,9 @@ def steps_of_partition(fwd: GraphView, bwd: GraphView, rules: FusionRules = Fusi
         sk = fwd.storage_of(name)
         return f_res.get(sk, ("f", sk[0], sk[1]))
 
-    saved_map = {n.name: k for n in bwd.nodes if n.role is Role.SAVED and n.name in fwd.by_name
+    # Saved values, and fixed ones the forward hands over as a copy (NOTE [Channels-last copies])
+    saved_map = {n.name: k for n in bwd.nodes if (n.role is Role.SAVED or n.is_fixed)
+                 and n.kind is OpKind.PLACEHOLDER and n.name in fwd.by_name
                  for k in [fwd_key(n.name)] if k is not None}
     fixed_saved = {n.name for n in bwd.nodes if n.role is Role.SAVED and n.name in fwd.by_name
                    and fwd_key(n.name) is None}
@@ -197,7 +202,8 @@ def steps_of_partition(fwd: GraphView, bwd: GraphView, rules: FusionRules = Fusi
 
 def _num_user_outputs(fwd: GraphView, bwd: GraphView) -> int:
     """Forward outputs not consumed by the backward are the user-visible ones (the loss)."""
-    saved = {n.name for n in bwd.nodes if n.role is Role.SAVED}
+    saved = {n.name for n in bwd.nodes if n.role is Role.SAVED
+             or (n.is_fixed and n.kind is OpKind.PLACEHOLDER)}  # primals handed over as well
     return sum(1 for name in fwd.output_names if name not in saved)
 
 
