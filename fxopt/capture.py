@@ -55,6 +55,9 @@ def fake_device(model: nn.Module, gpu_profile: bool) -> torch.device:
 def _faked(model: nn.Module, mode: Any, device: torch.device) -> Iterator[None]:
     """Swaps every parameter and buffer of `model` for a fake tensor on `device`, and back."""
     saved: list[tuple[dict[str, Any], str, Any]] = []
+    # Plain attributes too: a model that caches a tensor on first call (neuraloperator's
+    # positional grid) must not keep a fake one. Each module's own attributes are put back.
+    attributes = [(m, dict(m.__dict__)) for m in model.modules()]
 
     def fake(t: torch.Tensor) -> torch.Tensor:
         with mode:
@@ -76,6 +79,12 @@ def _faked(model: nn.Module, mode: Any, device: torch.device) -> Iterator[None]:
     finally:
         for table, name, value in reversed(saved):
             table[name] = value
+        for module, before in attributes:
+            for name in [k for k in module.__dict__ if k not in before]:
+                del module.__dict__[name]
+            for name, value in before.items():
+                if module.__dict__.get(name) is not value:
+                    module.__dict__[name] = value
 
 
 def fake_input(value: Any, mode: Any, device: torch.device) -> Any:

@@ -143,6 +143,29 @@ def test_explain_through_dynamo_sees_graph_breaks():
     assert all(p.grad is None for p in model.parameters()), "explain must not train the model"
 
 
+def test_explain_leaves_tensors_a_model_caches_untouched():
+    """A model that caches a tensor on its first call keeps its own value, not a fake one."""
+
+    class Cached(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(8, 8)
+            self.grid = None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.grid is None or self.grid.shape != x.shape:
+                self.grid = torch.ones_like(x)
+            return self.lin(x + self.grid)
+
+    model = Cached()
+    fxopt.explain(model, torch.randn(4, 8), budget=0.9)
+    assert model.grid is None
+    model(torch.randn(4, 8))
+    grid = model.grid
+    fxopt.explain(model, torch.randn(4, 8), budget=0.9)
+    assert model.grid is grid
+
+
 def test_explain_hugging_face_output_with_loss():
     """A Hugging Face model given labels returns an output with `.loss`: that is the loss."""
     transformers = pytest.importorskip("transformers")
