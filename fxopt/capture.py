@@ -92,7 +92,11 @@ def fake_input(value: Any, mode: Any, device: torch.device) -> Any:
         return value
     with mode:
         out = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=device)
-    return out.requires_grad_(value.requires_grad)
+    out.requires_grad_(value.requires_grad)
+    dynamic = getattr(value, "_dynamo_dynamic_indices", None)  # the user's mark_dynamic
+    if dynamic:
+        torch._dynamo.mark_dynamic(out, sorted(dynamic))
+    return out
 
 
 class CaptureBackend:

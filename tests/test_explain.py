@@ -194,3 +194,18 @@ def test_backward_reads_sizes_not_tensors_kept_for_them():
                   and all(u.target is torch.ops.aten.sym_size.int for u in n.users)]
     assert not sizes_only, f"saved only for their sizes: {sizes_only}"
     assert report.peak_bytes <= report.budget_bytes
+
+
+def test_explain_keeps_the_users_dynamic_dimensions():
+    """`torch._dynamo.mark_dynamic` on an input carries into the explained step."""
+    import sympy
+
+    x = torch.randn(64, 16)
+    torch._dynamo.mark_dynamic(x, 0)
+    (report,) = fxopt.explain(nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1)),
+                              x, budget=0.9).graphs
+    placeholders = [n for n in report.joint_graph.graph.find_nodes(op="placeholder")
+                    if isinstance(n.meta.get("val"), torch.Tensor)]
+    dims = [d for n in placeholders for d in n.meta["val"].shape]
+    assert any(isinstance(d, torch.SymInt) and not isinstance(d.node.expr, sympy.Integer)
+               for d in dims)
