@@ -25,7 +25,7 @@ import torch
 import torch.fx as fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from fxopt.opclass import Effect, OpClass, classify
+from fxopt.opclass import Effect, checkpoint_policy, classify, refusal_for_recompute
 
 T = TypeVar("T")
 
@@ -428,22 +428,12 @@ def _make_node(n: fx.Node, index: int, side: Side, is_output: bool, primal_index
         side=side, inputs=inputs, users=tuple(u.name for u in n.users),
         outputs=outputs, alias_of=alias_of, alias_index=alias_index,
         is_output=is_output, is_random=opc.effect is Effect.RANDOM,
-        is_mutating=opc.effect is Effect.MUTATING, refusal=_refusal(n, opc),
+        is_mutating=opc.effect is Effect.MUTATING, refusal=refusal_for_recompute(n, opc),
         flops=_flops(n) if n.op == "call_function" else 0, workspace_bytes=_workspace(n),
         layout_copy_bytes=_channels_last_copy(n),
         must_recompute=_must_recompute(n) and opc.refusal is None,
         primal_index=primal_index if n.op == "placeholder" else None,
         source=node_source(n.meta))
-
-
-def _refusal(n: fx.Node, opc: OpClass) -> str | None:
-    """Why the node must not run again in backward: its op class, or the user's MUST_SAVE."""
-    if opc.refusal is not None:
-        return opc.refusal
-    policy = n.meta.get("recompute")
-    if policy is not None and getattr(policy, "name", "") == "MUST_SAVE":
-        return "the model's checkpoint policy marks it MUST_SAVE"
-    return None
 
 
 # NOTE [Node sources]
@@ -549,16 +539,15 @@ def _workspace(n: fx.Node) -> int:
 # Nodes inside a `torch.utils.checkpoint` region carry `meta["recompute"]`: plain checkpoint
 # and Hugging Face's gradient checkpointing tag them PREFER_RECOMPUTE, selective policies
 # choose per op among MUST_SAVE, PREFER_SAVE, PREFER_RECOMPUTE and MUST_RECOMPUTE. MUST_SAVE is
-# never recomputed (`_refusal`); MUST_RECOMPUTE is always recomputed where the backward needs
+# never recomputed (`opclass.refusal_for_recompute`); MUST_RECOMPUTE is always recomputed where the backward needs
 # it, except the last node of a region that the next region reads (PyTorch's own partitioner
 # saves that one, `cleanup_recompute_tags`). PREFER_* are hints: the budget is capped at
 # PyTorch's default partition, which honours them, so fxopt never plans to hold more.
 def _must_recompute(n: fx.Node) -> bool:
-    policy = getattr(n.meta.get("recompute"), "name", None)
-    if policy != "MUST_RECOMPUTE":
+    if checkpoint_policy(n) != "MUST_RECOMPUTE":
         return False
     region = n.meta.get("ac_graph_id")
-    return not any(getattr(u.meta.get("recompute"), "name", "").endswith("RECOMPUTE")
+    return not any((checkpoint_policy(u) or "").endswith("RECOMPUTE")
                    and region is not None and u.meta.get("ac_graph_id", region) > region
                    for u in n.users)
 

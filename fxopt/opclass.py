@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-__all__ = ["OpClass", "Effect", "classify", "refusal_for_recompute"]
+__all__ = ["OpClass", "Effect", "checkpoint_policy", "classify", "refusal_for_recompute"]
 
 
 class Effect(enum.Enum):
@@ -66,7 +66,8 @@ class OpClass:
 #   reproduces the forward's mask bit for bit (PyTorch's min-cut partitioner relies on the same
 #   fact); only `inductor_seeds` itself is random.
 # Collectives (`_c10d_functional`, `c10d_functional`, their `wait_tensor`), ops whose schema
-# writes an input, and impure ops (asserts, effect tokens) never run twice.
+# writes an input, and impure ops (asserts, effect tokens) never run twice; nor does a node the
+# model's own checkpoint policy marks MUST_SAVE (`refusal_for_recompute`).
 _SWITCH_ARGS = ("dropout_p", "p")
 _COLLECTIVE_NAMESPACES = frozenset({"_c10d_functional", "c10d_functional", "_dtensor", "c10d"})
 _EFFECT_HOPS = ("with_effects", "auto_functionalized", "auto_functionalized_v2")
@@ -128,6 +129,16 @@ def classify(node: fx.Node) -> OpClass:
     return OpClass(Effect.NONE, seeded=seeded)
 
 
-def refusal_for_recompute(node: fx.Node) -> str | None:
-    """Why `node` must not run a second time in backward, or None when it may."""
-    return classify(node).refusal
+def checkpoint_policy(node: fx.Node) -> str | None:
+    """The model's checkpoint policy for `node` (`CheckpointPolicy` name), None outside any."""
+    return getattr(node.meta.get("recompute"), "name", None)
+
+
+def refusal_for_recompute(node: fx.Node, opc: OpClass | None = None) -> str | None:
+    """Why `node` must not run a second time in backward, or None when it may: its op class,
+    or the model's own checkpoint policy marking it MUST_SAVE. `opc`: `classify(node)`, when
+    the caller has it already."""
+    reason = (opc or classify(node)).refusal
+    if reason is None and checkpoint_policy(node) == "MUST_SAVE":
+        return "the model's checkpoint policy marks it MUST_SAVE"
+    return reason

@@ -23,14 +23,7 @@ def _is_sym(node: fx.Node) -> bool:
 def unsafe_to_recompute(node: fx.Node) -> str | None:
     """Why `node` must not run a second time in backward, or None when it may (the same
     classification the Problem was built from, fxopt.opclass)."""
-    if node.op != "call_function":
-        return None
-    reason = refusal_for_recompute(node)
-    if reason is not None:
-        return reason
-    if node.meta.get("recompute") == P.CheckpointPolicy.MUST_SAVE:
-        return "the model's checkpoint policy marks it MUST_SAVE"
-    return None
+    return refusal_for_recompute(node) if node.op == "call_function" else None
 
 
 def forward_side(joint: fx.GraphModule, num_fwd_outputs: int,
