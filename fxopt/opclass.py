@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-__all__ = ["OpClass", "Effect", "checkpoint_policy", "classify", "refusal_for_recompute"]
+__all__ = ["OpClass", "Effect", "checkpoint_policy", "classify", "must_recompute",
+           "refusal_for_recompute"]
 
 
 class Effect(enum.Enum):
@@ -142,3 +143,20 @@ def refusal_for_recompute(node: fx.Node, opc: OpClass | None = None) -> str | No
     if reason is None and checkpoint_policy(node) == "MUST_SAVE":
         return "the model's checkpoint policy marks it MUST_SAVE"
     return reason
+
+
+# NOTE [The model's own checkpoint policy]
+# Nodes inside a `torch.utils.checkpoint` region carry `meta["recompute"]`: plain checkpoint
+# and Hugging Face's gradient checkpointing tag them PREFER_RECOMPUTE, selective policies
+# choose per op among MUST_SAVE, PREFER_SAVE, PREFER_RECOMPUTE and MUST_RECOMPUTE. MUST_SAVE is
+# never recomputed (`refusal_for_recompute`); MUST_RECOMPUTE is always recomputed where the backward needs
+# it, except the last node of a region that the next region reads (PyTorch's own partitioner
+# saves that one, `cleanup_recompute_tags`). PREFER_* are hints: the budget is capped at
+# PyTorch's default partition, which honours them, so fxopt never plans to hold more.
+def must_recompute(n: fx.Node) -> bool:
+    if checkpoint_policy(n) != "MUST_RECOMPUTE":
+        return False
+    region = n.meta.get("ac_graph_id")
+    return not any((checkpoint_policy(u) or "").endswith("RECOMPUTE")
+                   and region is not None and u.meta.get("ac_graph_id", region) > region
+                   for u in n.users)

@@ -23,7 +23,8 @@ from fxopt.solver import InfeasibleBudgetError
 
 from fxopt.config import Options, OptionsError
 from fxopt.dump import dump_report
-from fxopt.graph import on_host, size_hint
+from fxopt.graph import size_hint
+from fxopt.op_memory import on_host
 from fxopt.pipeline import plan_joint, timeline_of
 from fxopt.records import add_report
 from fxopt.report import Report, SavedTensor, Stage

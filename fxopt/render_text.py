@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fxopt.config import format_bytes
-from fxopt.graph import node_source
+from fxopt.sources import node_source
 from fxopt.graph_code import graph_code
 from fxopt.report import Report, Timeline
 

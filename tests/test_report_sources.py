@@ -10,7 +10,7 @@ import torch.nn as nn
 
 import fxopt
 from fxopt.config import Options
-from fxopt.graph import SOURCE_LINE_CHARS, module_path, node_source, source_line
+from fxopt.sources import SOURCE_LINE_CHARS, module_path, node_source, source_line
 from fxopt.render_html import render_html
 from fxopt.render_text import SOURCE_CELL_CHARS, render_text
 from fxopt.report import Report, TensorRow

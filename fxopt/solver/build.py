@@ -30,7 +30,7 @@ class CandidateInfo:
     dtype: str
     not_recomputable: str | None  # why it may not be recomputed, if so
     lowbit_rule: str  # the low-bit rule table's reason
-    source: str = ""  # where in the user's code it is computed (fxopt.graph.node_source)
+    source: str = ""  # where in the user's code it is computed (fxopt.sources.node_source)
 
 
 @dataclass(frozen=True)
