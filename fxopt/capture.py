@@ -59,11 +59,6 @@ def _faked(model: nn.Module, mode: Any, device: torch.device) -> Iterator[None]:
     # positional grid) must not keep a fake one. Each module's own attributes are put back.
     attributes = [(m, dict(m.__dict__)) for m in model.modules()]
 
-    def fake(t: torch.Tensor) -> torch.Tensor:
-        with mode:
-            out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
-        return out
-
     try:
         for module in model.modules():
             for table in (module._parameters, module._buffers):
@@ -71,7 +66,7 @@ def _faked(model: nn.Module, mode: Any, device: torch.device) -> Iterator[None]:
                     if value is None:
                         continue
                     saved.append((table, name, value))
-                    new = fake(value)
+                    new = _fake_like(value, mode, device)
                     if isinstance(value, nn.Parameter):
                         new = nn.Parameter(new, requires_grad=value.requires_grad)
                     table[name] = new
@@ -87,11 +82,16 @@ def _faked(model: nn.Module, mode: Any, device: torch.device) -> Iterator[None]:
                     module.__dict__[name] = value
 
 
+def _fake_like(t: torch.Tensor, mode: Any, device: torch.device) -> torch.Tensor:
+    """A fake tensor of `t`'s size, strides and dtype on `device` (nothing is allocated)."""
+    with mode:
+        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+
+
 def fake_input(value: Any, mode: Any, device: torch.device) -> Any:
     if not isinstance(value, torch.Tensor):
         return value
-    with mode:
-        out = torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device=device)
+    out = _fake_like(value, mode, device)
     out.requires_grad_(value.requires_grad)
     dynamic = getattr(value, "_dynamo_dynamic_indices", None)  # the user's mark_dynamic
     if dynamic:

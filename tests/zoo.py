@@ -94,6 +94,13 @@ def _tokens(batch: int, seq: int = SEQ, low: int = 3) -> torch.Tensor:
     return torch.randint(low, VOCAB, (batch, seq))
 
 
+def _image_classifier(model: nn.Module, batch: int) -> Built:
+    """A Hugging Face image classifier with 32x32 RGB images and 10 labels, loss inside."""
+    pixels = torch.randn(batch, 3, 32, 32)
+    labels = torch.randint(0, 10, (batch,))
+    return _train(model), {"pixel_values": pixels, "labels": labels}, {}
+
+
 def _train(model: nn.Module) -> nn.Module:
     model.train()
     return model
@@ -210,10 +217,7 @@ def _vit(batch: int = 2) -> Built:
                        num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=10,
                        attn_implementation="sdpa")
-    model = ViTForImageClassification(config)
-    pixels = torch.randn(batch, 3, 32, 32)
-    labels = torch.randint(0, 10, (batch,))
-    return _train(model), {"pixel_values": pixels, "labels": labels}, {}
+    return _image_classifier(ViTForImageClassification(config), batch)
 
 
 def _whisper(batch: int = 2) -> Built:
@@ -241,10 +245,7 @@ def _resnet(batch: int = 2) -> Built:
     torch.manual_seed(SEED)
     config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
                           layer_type="basic", num_labels=10)
-    model = ResNetForImageClassification(config)
-    pixels = torch.randn(batch, 3, 32, 32)
-    labels = torch.randint(0, 10, (batch,))
-    return _train(model), {"pixel_values": pixels, "labels": labels}, {}
+    return _image_classifier(ResNetForImageClassification(config), batch)
 
 
 # --------------------------------------------------------------------------------------------
