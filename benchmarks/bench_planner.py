@@ -32,7 +32,6 @@ folder, so every solve is cold. Timings on a shared 2-core machine are noisy.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import tempfile
 import time
@@ -45,6 +44,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
+
+from benchmarks.csv_out import write_csv
 
 RESULTS = Path(__file__).parent / "results"
 GIB, MIB = 2**30, 2**20
@@ -273,11 +274,7 @@ def write(rows: list[dict], path: Path | None) -> None:
     if path is None:
         print()
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, fields, rows)
     print(f"wrote {path}\n")
 
 

@@ -12,9 +12,10 @@ and writes benchmarks/results/solver.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from pathlib import Path
+
+from benchmarks.csv_out import write_csv
 
 from fxopt.solver import InfeasibleBudgetError, SolverOptions, baseline_peak, greedy, simulate, solve
 from fxopt.solver.problem import budget_bytes
@@ -87,11 +88,7 @@ def main() -> None:
                 rows.append(row)
                 print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     cols = list(rows[0])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(args.out, cols, rows)
     show = ["layers", "budget_frac", "choices", "config", "status", "solve_s", "peak_gib",
             "budget_gib", "obj_us", "bound_us", "gap_pct", "greedy_obj_us"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in show}

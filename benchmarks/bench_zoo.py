@@ -35,7 +35,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -45,6 +44,8 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from benchmarks.csv_out import write_csv
 
 MiB = 2**20
 BATCH = 256  # the zoo's models are tiny (width 32, sequence 16): this makes activations MiBs
@@ -453,14 +454,8 @@ def markdown(rows: list[Row], header: str) -> str:
 
 
 def write_outputs(rows: list[Row], out_dir: str, device: str, header: str) -> tuple[str, str]:
-    os.makedirs(out_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, f"zoo_{device}.csv")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in rows:
-            d = asdict(r)
-            w.writerow({k: "" if d[k] is None else d[k] for k in COLUMNS})
+    write_csv(csv_path, COLUMNS, (asdict(r) for r in rows), extra="ignore")  # not "extra"
     md_path = os.path.join(out_dir, f"zoo_{device}.md")
     with open(md_path, "w") as f:
         f.write(markdown(rows, header))

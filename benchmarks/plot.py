@@ -6,12 +6,13 @@ otherwise an SVG drawn here.
 
 from __future__ import annotations
 
-import csv
 import os
 import platform
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from benchmarks.csv_out import write_csv
 
 MiB = 2**20
 WITHIN = 0.05  # the measured peak may exceed fxopt's budget by this fraction
@@ -231,13 +232,8 @@ def plot_svg(records: Sequence[Any], models: list[str], path: str, title: str) -
 
 
 def write_outputs(records: Sequence[Any], out_dir: str, device: str, mode: str) -> None:
-    os.makedirs(out_dir, exist_ok=True)
     csv_path = os.path.join(out_dir, f"pareto_{device}.csv")
-    with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS)
-        w.writeheader()
-        for r in records:
-            w.writerow(row(r))
+    write_csv(csv_path, COLUMNS, (row(r) for r in records))
     machine = machine_text(device, mode)
     text = tables(records)
     with open(os.path.join(out_dir, "MACHINE.md"), "w") as f:
