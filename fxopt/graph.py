@@ -262,7 +262,7 @@ def _same_storage(a: object, b: object) -> bool:
     try:
         return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
                 and StorageWeakRef(a.untyped_storage()) == StorageWeakRef(b.untyped_storage()))
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError):  # no storage (tensor subclasses): not shared
         return False
 
 

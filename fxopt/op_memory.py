@@ -29,6 +29,8 @@ def fallback_storage(val: torch.Tensor, meta: TensorMeta) -> TensorMeta:
     try:
         span = size_hint(val.untyped_storage().nbytes())
     except (RuntimeError, NotImplementedError, ValueError):
+        # No storage to read (a tensor subclass, a functional wrapper) or a size without a
+        # hint (unbacked): nothing wider than its shape is known, so the shape's bytes stand.
         return meta
     if span <= meta.nbytes_hint:
         return meta
