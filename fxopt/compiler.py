@@ -3,53 +3,133 @@ then Inductor code generation for the forward and backward graphs."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.fx as fx
 
 from fxopt.config import Options
+from fxopt.step import Step
 
 CompiledFn = Callable[..., Any]
+log = logging.getLogger("fxopt")
+
+
+def _compile(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options, step: Step,
+             key: str | None, config_patches: Mapping[str, Any] | None = None,
+             **compile_kwargs: Any) -> CompiledFn:
+    from torch._inductor.compile_fx import compile_fx
+
+    from fxopt.partition import FxoptPartitioner
+
+    # compile_fx runs AOTAutograd with Inductor's decompositions and joint-graph passes, then
+    # calls the custom partitioner on the joint graph and compiles both halves with Inductor.
+    # NOTE [Plans are never served from AOTAutograd's cache]: a cache hit would skip the
+    # partitioner, leaving no report for the graph; the plan itself is cached on disk by the
+    # solver, and Inductor's code cache still serves the compiled kernels.
+    with torch._functorch.config.patch(enable_autograd_cache=False):
+        return compile_fx(gm, list(example_inputs), config_patches={
+            **(config_patches or {}),
+            "custom_partitioner_fn": FxoptPartitioner(options, step, key)}, **compile_kwargs)
+
+
+def _symbolic(gm: fx.GraphModule) -> bool:
+    """Whether the graph has symbolic sizes (a recompile from real inputs would specialise)."""
+    for node in gm.graph.find_nodes(op="placeholder"):
+        val = node.meta.get("example_value", node.meta.get("val"))
+        if isinstance(val, torch.SymInt):
+            return True
+        if isinstance(val, torch.Tensor) and any(
+                isinstance(d, torch.SymInt) for d in (*val.shape, *val.stride())):
+            return True
+    return False
+
+
+class StepGraph:
+    """One compiled graph of the step, recompiled with a new plan when the step asks for it.
+
+    NOTE [Re-planning a compiled graph]: when a later graph of the step leaves an earlier one
+    too little room (NOTE [Step budgets] in fxopt/step.py), the earlier graph is compiled again
+    at its next call, from a copy of the graph Dynamo gave and that call's inputs, under the
+    same key, so that the step's coupling reaches its partition. Dynamo's cache keeps this
+    object, so its guards are unchanged. A graph with symbolic sizes would be specialised by
+    real inputs: it keeps its first plan, and the warning says so.
+    """
+
+    def __init__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options,
+                 step: Step, **compile_kwargs: Any) -> None:
+        from fxopt.partition import graph_key
+
+        self.key = graph_key()
+        self.options, self.step, self._kwargs = options, step, compile_kwargs
+        self._source = None if _symbolic(gm) else _copy_module(gm)
+        self._compiled = _compile(gm, example_inputs, options, step, self.key, **compile_kwargs)
+        self.recompiles = 0
+
+    def __call__(self, *args: Any) -> Any:
+        if self.step.is_stale(self.key):
+            self._replan(args)
+        return self._compiled(*args)
+
+    def _replan(self, args: Sequence[Any]) -> None:
+        if self._source is None:
+            self.step.keep_plan(self.key)
+            log.warning("fxopt: %s has symbolic sizes and keeps its plan; the step may exceed "
+                        "its budget (give a larger budget or mark fewer dimensions dynamic)",
+                        self.key)
+            return
+        log.info("fxopt: re-planning %s for the step's budget", self.key)
+        self._compiled = _compile(_copy_module(self._source), args, self.options, self.step,
+                                  self.key, **self._kwargs)
+        self.recompiles += 1
+
+
+def _copy_module(gm: fx.GraphModule) -> fx.GraphModule:
+    graph = fx.Graph()
+    out = graph.graph_copy(gm.graph, {})
+    graph.output(out)
+    return fx.GraphModule(gm, graph)
 
 
 class FxoptBackend:
-    """A `torch.compile` backend configured with fixed `Options`."""
+    """A `torch.compile` backend configured with fixed `Options`. Its graphs share one budget:
+    the training step (NOTE [Step budgets] in fxopt/step.py)."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
+        self.step = Step(options)
 
     def __repr__(self) -> str:
         return f"fxopt.backend({self.options})"
 
-    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> CompiledFn:
-        from torch._inductor.compile_fx import compile_fx
-
-        from fxopt.partition import FxoptPartitioner
-
-        # compile_fx runs AOTAutograd with Inductor's decompositions and joint-graph passes, then
-        # calls the custom partitioner on the joint graph and compiles both halves with Inductor.
-        # NOTE [Plans are never served from AOTAutograd's cache]: a cache hit would skip the
-        # partitioner, leaving no report for the graph; the plan itself is cached on disk by the
-        # solver, and Inductor's code cache still serves the compiled kernels.
-        with torch._functorch.config.patch(enable_autograd_cache=False):
-            return compile_fx(gm, example_inputs, config_patches={
-                "custom_partitioner_fn": FxoptPartitioner(self.options)})
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
+                 **compile_kwargs: Any) -> CompiledFn:
+        """`compile_kwargs` go to Inductor's `compile_fx` (`config_patches`, ...)."""
+        return StepGraph(gm, example_inputs, self.options, self.step, **compile_kwargs)
 
 
 def backend(**options: Any) -> FxoptBackend:
     """A backend for `torch.compile(model, backend=fxopt.backend(budget=0.5))`.
 
     Keyword arguments are the fields of `fxopt.Options`; FXOPT_* environment variables are not
-    read here (options in code win over the environment).
+    read here (options in code win over the environment). Use one backend per model: its
+    graphs share the budget.
     """
     return FxoptBackend(Options(**options))
+
+
+_ENTRY_POINT_BACKENDS: dict[Options, FxoptBackend] = {}
 
 
 def entry_point_backend(gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                         options: Mapping[str, Any] | None = None) -> CompiledFn:
     """`torch.compile(model, backend="fxopt", options={...})`, registered by entry point.
 
-    Options come from the FXOPT_* environment variables, overridden by `options=`.
+    Options come from the FXOPT_* environment variables, overridden by `options=`. Graphs
+    compiled with the same options share one step.
     """
-    return FxoptBackend(Options.from_env(**dict(options or {})))(gm, example_inputs)
+    opts = Options.from_env(**dict(options or {}))
+    be = _ENTRY_POINT_BACKENDS.setdefault(opts, FxoptBackend(opts))
+    return be(gm, example_inputs)

@@ -12,8 +12,9 @@ import torch.nn as nn
 from fxopt.capture import LossFn, capture_step, fake_device
 from fxopt.config import DeviceProfile, Options
 from fxopt.dump import dump_report
-from fxopt.partition import partition_joint
+from fxopt.partition import PlanningError, graph_key, partition_joint
 from fxopt.report import Report, StepReport
+from fxopt.step import MAX_REPLANS, Step
 
 _GPU_PROFILES = (DeviceProfile.H100, DeviceProfile.H200, DeviceProfile.A100)
 
@@ -33,13 +34,25 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
     loss. Reports are numbered in the order the graphs were captured.
     """
     opts = Options(**options)
-    found: list[Report] = []
+    step = Step(opts)
+    found: dict[str, Report] = {}  # by graph key, in capture order
+    joints: dict[str, tuple[fx.GraphModule, Any, dict[str, Any]]] = {}
+
+    def plan(key: str) -> tuple[fx.GraphModule, fx.GraphModule]:
+        gm, joint_inputs, kw = joints[key]
+        try:
+            fwd, bwd, report = partition_joint(gm, joint_inputs, opts, device_type=plan_on,
+                                               step=step, key=key, **kw)
+        except PlanningError as err:
+            raise err.cause from None
+        found[key] = dataclasses.replace(report, source="explain")
+        return fwd, bwd
 
     def partition(gm: fx.GraphModule, joint_inputs: Any, **kw: Any
                   ) -> tuple[fx.GraphModule, fx.GraphModule]:
-        fwd, bwd, report = partition_joint(gm, joint_inputs, opts, device_type=plan_on, **kw)
-        found.append(dataclasses.replace(report, index=len(found), source="explain"))
-        return fwd, bwd
+        key = graph_key()
+        joints[key] = (gm, joint_inputs, kw)
+        return plan(key)
 
     gpu = opts.device in _GPU_PROFILES
     device = fake_device(model, gpu)
@@ -47,11 +60,17 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
     t0 = time.perf_counter()
     count = capture_step(model, example_inputs, dict(kwargs or {}), loss_fn, tuple(targets),
                          partition, device=device)
-    step = StepReport(tuple(found), count, time.perf_counter() - t0)
-    if not step.graphs:
+    # NOTE [Step budgets]: graphs that a later one left too little room are planned again,
+    # as the backend recompiles them at their next call.
+    for _ in range(MAX_REPLANS):
+        for key in step.stale_keys():
+            plan(key)
+    reports = tuple(dataclasses.replace(r, index=i) for i, r in enumerate(found.values()))
+    result = StepReport(reports, count, time.perf_counter() - t0)
+    if not result.graphs:
         raise RuntimeError(f"Dynamo built {count} graph(s) for this step but none needs a "
                            "backward pass: check that the loss depends on the model's parameters")
     if opts.dump_dir:
-        for report in step.graphs:
+        for report in result.graphs:
             dump_report(report, opts.dump_dir)
-    return step
+    return result

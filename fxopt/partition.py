@@ -21,13 +21,12 @@ from torch._inductor.custom_graph_pass import CustomPartitionerFn
 
 from fxopt.solver import InfeasibleBudgetError
 
-from fxopt.config import Options, OptionsError
+from fxopt.config import Options, OptionsError, format_bytes
 from fxopt.dump import dump_report
-from fxopt.graph import size_hint
-from fxopt.op_memory import on_host
-from fxopt.pipeline import plan_joint, timeline_of
+from fxopt.pipeline import plan_joint, planned_use, saved_tensors, timeline_of
 from fxopt.records import add_report
-from fxopt.report import Report, SavedTensor, Stage
+from fxopt.report import Report, Stage
+from fxopt.step import Step
 
 log = logging.getLogger("fxopt")
 
@@ -51,10 +50,17 @@ def source_fingerprint() -> str:
 # (or after plain torch.compile populated the cache) would silently reuse a graph fxopt never
 # saw. The uuid therefore folds in the source fingerprint, every option and torch's version.
 class FxoptPartitioner(CustomPartitionerFn):
-    """Partitions the joint graph under fxopt's options and records what it did."""
+    """Partitions the joint graph under fxopt's options and records what it did.
 
-    def __init__(self, options: Options) -> None:
+    `step`: the graphs this one shares the budget with (NOTE [Step budgets] in fxopt/step.py);
+    a partitioner of its own makes one. `key`: which graph of the step this is; by default
+    Dynamo's frame being compiled, so that a recompile of the same code replaces its graph."""
+
+    def __init__(self, options: Options, step: Step | None = None, key: str | None = None
+                 ) -> None:
         self.options = options
+        self.step = step if step is not None else Step(options)
+        self.key = key
         if options.debug:
             _enable_debug_logging()
 
@@ -65,13 +71,35 @@ class FxoptPartitioner(CustomPartitionerFn):
 
     def __call__(self, gm: fx.GraphModule, joint_inputs: Any, **kwargs: Any
                  ) -> tuple[fx.GraphModule, fx.GraphModule]:
-        fwd, bwd, report = partition_joint(gm, joint_inputs, self.options, **kwargs)
+        try:
+            fwd, bwd, report = partition_joint(gm, joint_inputs, self.options, step=self.step,
+                                               key=self.key or graph_key(), **kwargs)
+        except PlanningError as err:  # the report stays inspectable; the error goes on
+            self._keep(err.report)
+            raise err.cause from None
+        self._keep(report)
+        return fwd, bwd
+
+    def _keep(self, report: Report) -> None:
         report = add_report(report)
         if self.options.dump_dir:
             dump_report(report, self.options.dump_dir)
         if self.options.debug:
             log.info("%s", report.summary())
-        return fwd, bwd
+
+
+def graph_key() -> str:
+    """Which graph of the step is being compiled: Dynamo's frame (see `FxoptPartitioner`)."""
+    compile_id = torch._guards.CompileContext.current_compile_id()
+    return "graph" if compile_id is None else f"frame {compile_id.frame_id}"
+
+
+class PlanningError(Exception):
+    """An error the user must act on, with the report of the graph it stopped."""
+
+    def __init__(self, cause: Exception, report: Report) -> None:
+        super().__init__(str(cause))
+        self.cause, self.report = cause, report
 
 
 def _copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
@@ -87,54 +115,81 @@ def _copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
 # else that stops a plan from being built or applied safely gives PyTorch's own partition for
 # that graph, with a warning that carries the cause: training goes on, gradients stay right.
 def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
-                    device_type: str | None = None, **kwargs: Any
+                    device_type: str | None = None, step: Step | None = None,
+                    key: str = "graph", **kwargs: Any
                     ) -> tuple[fx.GraphModule, fx.GraphModule, Report]:
     """Partitions one joint graph under `options`; returns both halves and the report.
-    `device_type`: plan as if the graph ran on that device (see `plan_joint`)."""
+    `device_type`: plan as if the graph ran on that device (see `plan_joint`). `step`, `key`:
+    the step this graph belongs to and its name there (default: the graph is the whole step).
+    Errors the user must act on are raised as `PlanningError`, carrying the graph's report."""
     start = time.perf_counter()
+    step = step if step is not None else Step(options)
     num_fwd_outputs = kwargs["num_fwd_outputs"]
-    static = kwargs.get("static_lifetime_input_indices")
+    static = step.static_inputs(key, kwargs.get("static_lifetime_input_indices"))
+    if static is not None:
+        kwargs["static_lifetime_input_indices"] = static
     t0 = time.perf_counter()
     default_fwd, default_bwd = min_cut_rematerialization_partition(
         _copy_graph(gm), joint_inputs, **kwargs)
     stages = [Stage("PyTorch partition", time.perf_counter() - t0)]
     default_timeline = None
+
+    def unplanned(strategy: str, err: Exception, **fields: Any) -> Report:
+        return Report(
+            options=options, strategy=strategy, fallback_reason=f"{type(err).__name__}: {err}",
+            plan=None, peak_bytes=None, baseline_peak_bytes=None, budget_bytes=None,
+            solve_seconds=0.0, joint_ops=_count_ops(gm), forward_ops=_count_ops(default_fwd),
+            backward_ops=_count_ops(default_bwd), saved=saved_tensors(default_bwd, static),
+            seconds=time.perf_counter() - start, stages=tuple(stages),
+            forward_graph=default_fwd, backward_graph=default_bwd, joint_graph=gm,
+            default_peak_bytes=default_timeline.peak_bytes if default_timeline else None,
+            timelines=(default_timeline,) if default_timeline else (), step_key=key,
+            default_use=(planned_use(default_timeline, default_bwd, static)
+                         if default_timeline else None),
+            **fields)
+
     try:
         default_timeline = timeline_of("PyTorch default", default_fwd, default_bwd)
         planned = plan_joint(gm, options, num_fwd_outputs=num_fwd_outputs,
                              static_lifetime_input_indices=static,
                              default_peak_bytes=default_timeline.peak_bytes,
-                             device_type=device_type)
-    except (InfeasibleBudgetError, OptionsError):
-        raise
+                             device_type=device_type,
+                             share=lambda use, default: step.share(key, use, default))
+    except (InfeasibleBudgetError, OptionsError) as err:
+        raise PlanningError(err, unplanned("error", err, error=f"{type(err).__name__}: {err}",
+                                           problem=getattr(err, "problem", None))) from err
     except Exception as err:  # noqa: BLE001 - see NOTE [Fallback]; the cause is logged in full
         log.warning("fxopt: could not plan this graph (%s: %s); using PyTorch's default partition "
                     "for it", type(err).__name__, err, exc_info=True)
-        report = Report(
-            options=options, strategy="PyTorch default", fallback_reason=f"{type(err).__name__}: "
-            f"{err}", plan=None, peak_bytes=None, baseline_peak_bytes=None, budget_bytes=None,
-            solve_seconds=0.0, joint_ops=_count_ops(gm), forward_ops=_count_ops(default_fwd),
-            backward_ops=_count_ops(default_bwd), saved=_saved_tensors(default_bwd),
-            seconds=time.perf_counter() - start, stages=tuple(stages),
-            forward_graph=default_fwd, backward_graph=default_bwd, joint_graph=gm,
-            default_peak_bytes=default_timeline.peak_bytes if default_timeline else None,
-            timelines=(default_timeline,) if default_timeline else ())
-        return default_fwd, default_bwd, report
+        if default_timeline is not None:
+            step.record(key, planned_use(default_timeline, default_bwd, static), None)
+        return default_fwd, default_bwd, unplanned("PyTorch default", err)
     plan = planned.plan
-    for warning in plan.warnings:
-        log.warning("fxopt: %s", warning)
+    if plan.warnings:  # said once per step (the reports of the other graphs keep theirs)
+        level = logging.WARNING if step.first_warning() else logging.INFO
+        for warning in plan.warnings:
+            log.log(level, "fxopt: %s (%s)", warning, key)
+    restale = step.record(key, planned.use, planned.share.coupling)
+    if restale:
+        log.log(logging.WARNING if planned.share.strict else logging.INFO,
+                "fxopt: with %s planned, %s no longer fit the step's budget of %s; re-planning "
+                "them at their next call", key, ", ".join(restale),
+                format_bytes(planned.share.step_budget_bytes or 0))
     report = Report(
         options=options, strategy="fxopt plan", fallback_reason=None, plan=plan,
         peak_bytes=planned.peak_bytes, baseline_peak_bytes=planned.baseline_peak_bytes,
         budget_bytes=planned.budget_bytes, solve_seconds=plan.solve_seconds,
         joint_ops=_count_ops(gm), forward_ops=_count_ops(planned.fwd),
-        backward_ops=_count_ops(planned.bwd), saved=_saved_tensors(planned.bwd),
+        backward_ops=_count_ops(planned.bwd), saved=saved_tensors(planned.bwd, static),
         seconds=time.perf_counter() - start, stages=tuple(stages) + planned.stages,
         forward_graph=planned.fwd, backward_graph=planned.bwd, status=plan.status,
         extra_time_us=plan.extra_time_us, default_peak_bytes=default_timeline.peak_bytes,
         tensors=planned.tensors, timelines=(planned.timelines[0], default_timeline,
                                             planned.timelines[1]),
-        joint_graph=gm, problem=planned.built.problem)
+        joint_graph=gm, problem=planned.built.problem, step_key=key,
+        coupling=planned.share.coupling, step_budget_bytes=planned.share.step_budget_bytes,
+        plan_use=planned.use, default_use=planned_use(default_timeline, default_bwd, static),
+        keep_use=planned.keep_use)
     return planned.fwd, planned.bwd, report
 
 
@@ -146,21 +201,6 @@ def _enable_debug_logging() -> None:
         log.addHandler(handler)
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
-
-
-def _saved_tensors(bwd: fx.GraphModule) -> tuple[SavedTensor, ...]:
-    saved = []
-    for node in bwd.graph.find_nodes(op="placeholder"):
-        val = node.meta.get("val")
-        if node.name.startswith("tangents") or not isinstance(val, torch.Tensor):
-            continue
-        shape = tuple(str(d) for d in val.shape)
-        numel = 1
-        for d in val.shape:
-            numel *= size_hint(d)
-        saved.append(SavedTensor(node.name, shape, str(val.dtype).removeprefix("torch."),
-                                 numel * val.element_size(), host=on_host(node)))
-    return tuple(saved)
 
 
 def _count_ops(gm: fx.GraphModule) -> int:

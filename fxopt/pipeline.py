@@ -6,7 +6,9 @@ Each stage is timed; `partition.py` decides what to do when a stage fails.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,10 +19,13 @@ from fxopt.cost_models.device import get_profile
 from fxopt.cost_models.memory import simulate_partition
 from fxopt.graph import GraphView, Side
 from fxopt.passes import AppliedPlan, apply_plan
-from fxopt.report import Stage, TensorRow, Timeline
+from fxopt.op_memory import on_host
+from fxopt.report import SavedTensor, Stage, TensorRow, Timeline
+from fxopt.tensor_meta import size_hint
 from fxopt.solver import (Candidate, Decision, InfeasibleBudgetError, Kind, NoPlanFoundError,
                           Plan, SolverOptions, keep_all, min_peak, simulate, solve)
 from fxopt.solver.build import BuiltProblem, build_problem
+from fxopt.step import Coupling, GraphUse, Share, Step
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,9 @@ class Planned:
     peak_bytes: int  # predicted by the memory simulator on the rewritten graphs
     baseline_peak_bytes: int
     budget_bytes: int
+    share: Share  # the graph's part of the step's budget
+    use: GraphUse  # what the plan holds, as the step sees it
+    keep_use: GraphUse  # the same, everything kept
     tensors: tuple[TensorRow, ...]
     timelines: tuple[Timeline, ...]
     stages: tuple[Stage, ...]
@@ -105,13 +113,31 @@ def _step_gaps(built: BuiltProblem, plan: Plan, applied: AppliedPlan) -> list[in
     return gaps
 
 
+def coupled_peak(timeline: Timeline, later_need: int) -> int:
+    """A graph's peak with what the later graphs of the step add at its forward/backward
+    boundary (NOTE [Step budgets] in fxopt/step.py)."""
+    boundary = timeline.live_bytes[timeline.num_fwd_steps - 1] if timeline.live_bytes else 0
+    return max(timeline.peak_bytes, boundary + later_need if later_need else 0)
+
+
+def _with_later_need(built: BuiltProblem, later_need: int) -> BuiltProblem:
+    """The Problem with the later graphs' need as fixed memory at its last forward step."""
+    if not later_need:
+        return built
+    fixed = list(built.problem.fixed_bytes)
+    fixed[built.problem.num_fwd_steps - 1] += later_need
+    return dataclasses.replace(built, problem=dataclasses.replace(built.problem,
+                                                                   fixed_bytes=tuple(fixed)))
+
+
 def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
                      solver_options: SolverOptions, num_fwd_outputs: int,
-                     static: list[int] | None, strict: bool, baseline_peak: int
-                     ) -> tuple[Plan, AppliedPlan, Timeline]:
+                     static: list[int] | None, strict: bool, baseline_peak: int,
+                     later_need: int = 0) -> tuple[Plan, AppliedPlan, Timeline]:
     """`strict`: the user set the budget, so a best plan more than `TOLERANCE` above it is an
     InfeasibleBudgetError; otherwise it is used with a warning. `baseline_peak`: the
-    keep-everything peak, which that error reports."""
+    keep-everything peak, which that error reports. `later_need`: see `coupled_peak`."""
+    built = _with_later_need(built, later_need)
     problem, best, refused = built.problem, None, None
     gaps = [0] * problem.num_steps
     for _ in range(4):
@@ -129,9 +155,10 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
         applied = apply_plan(gm, plan, num_fwd_outputs=num_fwd_outputs,
                              static_lifetime_input_indices=static, step_names=built.step_nodes)
         planned = timeline_of("fxopt plan", applied.fwd, applied.bwd)
-        if best is None or planned.peak_bytes < best[2].peak_bytes:
-            best = (plan, applied, planned)
-        if planned.peak_bytes <= budget:
+        peak = coupled_peak(planned, later_need)
+        if best is None or peak < best[3]:
+            best = (plan, applied, planned, peak)
+        if peak <= budget:
             break
         new = _step_gaps(dataclasses.replace(built, problem=problem), plan, applied)
         if all(n <= 0 for n in new):
@@ -140,43 +167,95 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
         problem = dataclasses.replace(built.problem, fixed_bytes=tuple(
             f + g for f, g in zip(built.problem.fixed_bytes, gaps)))
     assert best is not None
-    plan, applied, planned = best
-    if planned.peak_bytes > budget * (1 + TOLERANCE) and strict:
+    plan, applied, planned, peak = best
+    if peak > budget * (1 + TOLERANCE) and strict:
         # Only options that beat the corrected Problem's own minimum are worth naming.
         better = {} if refused is None else {
             k: v for k, v in refused.alternatives.items() if v < refused.min_peak_bytes}
-        raise InfeasibleBudgetError(budget, planned.peak_bytes, False, baseline_peak, better)
-    if planned.peak_bytes > budget:
+        raise InfeasibleBudgetError(budget, peak, False, baseline_peak, better)
+    if peak > budget:
         plan = plan.with_(warnings=plan.warnings + (
-            f"the rewritten graphs simulate to {planned.peak_bytes} B, above the budget of "
+            f"the rewritten graphs simulate to {peak} B, above the budget of "
             f"{budget} B; no plan was found whose rewritten graphs fit",))
     return plan, applied, planned
 
 
 # NOTE [Best-effort budgets]
 # Only a budget the user gave as a size is a promise: it is held or the compile fails. A
-# fraction is best effort: it is resolved against this graph's keep-everything peak and capped
-# at PyTorch's default partition (so fxopt never plans to hold more than plain torch.compile,
-# which also honours the model's own checkpoint regions); where that is below the smallest
-# peak fxopt reaches, the smallest reachable plan is used and the plan carries a warning. No
-# budget at all is the default partition's peak, best effort too.
-def resolve_budget(options: Options, keep_peak: int, default_peak: int | None
-                   ) -> tuple[int, bool]:
-    """(budget in bytes, strict): strict when the user gave an absolute size."""
-    cap = min(keep_peak, default_peak or keep_peak)
-    if options.budget is None:
-        return cap, False
-    if options.budget.nbytes is not None:
-        return options.budget.nbytes, True
-    return min(options.budget.resolve(keep_peak), cap), False
+# fraction is best effort: it is resolved against the step's keep-everything peak and capped,
+# for each graph, at PyTorch's default partition (so fxopt never plans to hold more than plain
+# torch.compile, which also honours the model's own checkpoint regions); where that is below
+# the smallest peak fxopt reaches, the smallest reachable plan is used and the plan carries a
+# warning. No budget at all is the default partition's peak, best effort too. How the step's
+# budget is shared among its graphs: NOTE [Step budgets] in fxopt/step.py.
+ShareFn = Callable[[GraphUse, "int | None"], Share]
+
+
+def keep_use(built: BuiltProblem, memory: tuple[int, ...] | list[int]) -> GraphUse:
+    """What the graph holds when it keeps everything (its keep-all simulation given)."""
+    problem = built.problem
+    held = sum(c.bytes for c, d in zip(problem.candidates, keep_all(problem))
+               if d.kind is Kind.KEEP and c.bwd_uses)
+    return GraphUse(held, max(memory, default=0), memory[problem.num_fwd_steps - 1])
+
+
+def saved_tensors(bwd: fx.GraphModule, static: list[int] | None = None
+                  ) -> tuple[SavedTensor, ...]:
+    """The tensors the forward saves for `bwd` (its placeholders other than tangents).
+    `static`: the joint graph's static-lifetime primal positions (parameters and buffers)."""
+    statics = set(static or ())
+    saved = []
+    for node in bwd.graph.find_nodes(op="placeholder"):
+        val = node.meta.get("val")
+        if node.name.startswith("tangents") or not isinstance(val, torch.Tensor):
+            continue
+        shape = tuple(str(d) for d in val.shape)
+        numel = 1
+        for d in val.shape:
+            numel *= size_hint(d)
+        primal = re.fullmatch(r"primals_(\d+)", node.name)
+        saved.append(SavedTensor(node.name, shape, str(val.dtype).removeprefix("torch."),
+                                 numel * val.element_size(), host=on_host(node),
+                                 parameter=primal is not None and int(primal[1]) - 1 in statics))
+    return tuple(saved)
+
+
+def planned_use(timeline: Timeline, bwd: fx.GraphModule, static: list[int] | None
+                ) -> GraphUse:
+    """What a partition holds as the step sees it: its saved activations on the device
+    (parameters are there before and after the step), its peak and its boundary."""
+    held = sum(s.nbytes for s in saved_tensors(bwd, static) if not (s.host or s.parameter))
+    boundary = timeline.live_bytes[timeline.num_fwd_steps - 1] if timeline.live_bytes else 0
+    return GraphUse(held, timeline.peak_bytes, boundary)
+
+
+def _step_error(err: InfeasibleBudgetError, share: Share) -> InfeasibleBudgetError:
+    """The error for the whole step: what the other graphs hold is added back."""
+    c = share.coupling
+    if share.step_budget_bytes is None or not (c.held_before or c.later_need):
+        return err
+    around = []
+    if c.held_before:
+        around.append(f"beside {format_bytes(c.held_before)} that the graphs before it hold")
+    if c.later_need:
+        around.append(f"with {format_bytes(c.later_need)} more that the graphs after it need "
+                      "while it holds its saved tensors")
+    return InfeasibleBudgetError(
+        share.step_budget_bytes, c.held_before + err.min_peak_bytes, False,
+        c.held_before + err.baseline_peak_bytes,
+        {k: c.held_before + v for k, v in err.alternatives.items()},
+        context="for the training step: one of its graphs must fit " + " and ".join(around))
 
 
 def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                static_lifetime_input_indices: list[int] | None,
-               default_peak_bytes: int | None, device_type: str | None = None) -> Planned:
+               default_peak_bytes: int | None, device_type: str | None = None,
+               share: ShareFn | None = None) -> Planned:
     """Plans `gm` under `options`; `default_peak_bytes` (PyTorch's partition, predicted) is the
     budget when the options give none. `device_type` plans the graph as if it ran there
-    (`fxopt.explain` with a GPU profile on a machine without CUDA); default: where it runs."""
+    (`fxopt.explain` with a GPU profile on a machine without CUDA); default: where it runs.
+    `share` gives the graph's part of the step's budget from its keep-everything use (default:
+    the graph is the whole step)."""
     stages: list[Stage] = []
     t0 = time.perf_counter()
     joint = GraphView.from_fx(gm, num_fwd_outputs=num_fwd_outputs,
@@ -190,35 +269,53 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     stages.append(Stage("cost models", time.perf_counter() - t0))
 
     t0 = time.perf_counter()
-    budget, strict = resolve_budget(options, baseline.peak_bytes, default_peak_bytes)
+    share_fn = share or (lambda use, default: Step(options).share("graph", use, default))
+    keep = keep_use(built, baseline.memory)
+    mine = share_fn(keep, default_peak_bytes)
+    budget, strict = mine.budget_bytes, mine.strict
     solver_options = SolverOptions(time_limit_s=options.time_limit_s, allow_offload=offload,
-                                   allow_lowbit=lowbit)
+                                   allow_lowbit=lowbit, offload_available=device.type == "cuda")
     solve_args = (gm, built)
     rest = dict(solver_options=solver_options, num_fwd_outputs=num_fwd_outputs,
                 static=static_lifetime_input_indices, strict=strict,
-                baseline_peak=baseline.peak_bytes)
+                baseline_peak=baseline.peak_bytes, later_need=mine.coupling.later_need)
     try:
+        if budget <= 0:
+            raise InfeasibleBudgetError(budget, min_peak(built.problem, solver_options, max(
+                options.time_limit_s / 2, 1.0))[0], False, baseline.peak_bytes, {})
         plan, applied, planned = _solve_and_apply(*solve_args, budget, **rest)
     except (InfeasibleBudgetError, NoPlanFoundError) as err:
-        if strict:
-            raise
+        # An absolute budget that earlier graphs of the step can still make room for is met
+        # from the next step on (NOTE [Step budgets]); this step gets the lowest plan.
+        if strict and not mine.room_elsewhere:
+            final = _step_error(err, mine) if isinstance(err, InfeasibleBudgetError) else err
+            final.problem = built.problem  # for the report the failed compile leaves
+            raise final from None
         # NOTE [Best-effort budgets]: a fraction (or no budget) never stops a run. Where the
         # search ran out of time before it could say, the lowest peak it finds is asked for.
         asked = budget
         budget = err.min_peak_bytes if isinstance(err, InfeasibleBudgetError) else \
-            min_peak(built.problem, solver_options, max(options.time_limit_s / 2, 1.0))[0]
-        plan, applied, planned = _solve_and_apply(*solve_args, budget, **rest)
+            min_peak(_with_later_need(built, mine.coupling.later_need).problem, solver_options,
+                     max(options.time_limit_s / 2, 1.0))[0]
+        plan, applied, planned = _solve_and_apply(*solve_args, budget, **{**rest,
+                                                                          "strict": False})
         what = f"budget {options.budget}" if options.budget is not None else \
             "PyTorch's default partition"
+        if mine.coupling.held_before:
+            what = (f"{what}, less the {format_bytes(mine.coupling.held_before)} that the "
+                    "earlier graphs of the step hold,")
+        then = ("; the earlier graphs are re-planned to make room from the next step on"
+                if strict else " (a size as budget makes this an error)")
         plan = plan.with_(warnings=plan.warnings + (
-            f"{what} ({format_bytes(asked)}) is below the smallest peak fxopt reaches for this "
-            f"graph; planned for that, {format_bytes(budget)} (a size as budget makes this an "
-            "error)",))
+            f"{what} leaves this graph {format_bytes(max(asked, 0))}, below the smallest peak "
+            f"fxopt reaches for it; planned for that, {format_bytes(budget)}{then}",))
     stages.append(Stage("solve, passes and check", time.perf_counter() - t0))
-    keep = Timeline("keep everything", baseline.memory, built.problem.num_fwd_steps)
+    keep_line = Timeline("keep everything", baseline.memory, built.problem.num_fwd_steps)
     tensors = tuple(
         TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind.value, _cost_us(cand, d),
                   _reason(d.kind, info.not_recomputable, info.lowbit_rule), info.source)
         for cand, info, d in zip(built.problem.candidates, built.info, plan.decisions))
     return Planned(applied.fwd, applied.bwd, plan, built, planned.peak_bytes,
-                   baseline.peak_bytes, budget, tensors, (keep, planned), tuple(stages))
+                   baseline.peak_bytes, budget, mine, planned_use(planned, applied.bwd, static_lifetime_input_indices),
+                   keep,
+                   tensors, (keep_line, planned), tuple(stages))

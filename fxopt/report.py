@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fxopt.config import Options, format_bytes
+from fxopt.step import Coupling, GraphUse, step_peak
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class SavedTensor:
     dtype: str
     nbytes: int  # at the size hints when shapes are dynamic
     host: bool = False  # an offloaded tensor's host copy: holds no device memory
+    parameter: bool = False  # a parameter or buffer the backward reads: not the step's memory
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,17 @@ class Report:
     timelines: tuple[Timeline, ...] = ()  # keep everything / PyTorch default / fxopt plan
     joint_graph: Any = field(default=None, repr=False, compare=False)  # before partitioning
     problem: Any = field(default=None, repr=False, compare=False)  # fxopt.solver.Problem
+    error: str | None = None  # the error that stopped the compile (the report is kept anyway)
+    # The step this graph belongs to (NOTE [Step budgets] in fxopt/step.py): its name there,
+    # what the other graphs hold around it, the budget of the whole step, and what the graph
+    # holds as the step sees it with fxopt's plan, PyTorch's default partition and everything
+    # kept.
+    step_key: str = ""
+    coupling: Coupling | None = None
+    step_budget_bytes: int | None = None
+    plan_use: GraphUse | None = None
+    default_use: GraphUse | None = None
+    keep_use: GraphUse | None = None
 
     @property
     def title(self) -> str:
@@ -98,13 +111,22 @@ class Report:
     def saved_bytes(self) -> int:
         return sum(s.nbytes for s in self.saved)
 
+    @property
+    def held_bytes(self) -> int:
+        """Device bytes of the saved activations, held from the forward to the backward."""
+        return sum(s.nbytes for s in self.saved if not (s.host or s.parameter))
+
     def summary(self) -> str:
+        if self.error:
+            return f"{self.title}: error: {self.error}"
         fallback = f" (fallback: {self.fallback_reason})" if self.fallback_reason else ""
         peak = ""
         if self.peak_bytes is not None and self.baseline_peak_bytes is not None:
             peak = (f"; predicted peak {format_bytes(self.peak_bytes)} (keep-everything "
                     f"{format_bytes(self.baseline_peak_bytes)})")
         budget = format_bytes(self.budget_bytes) if self.budget_bytes is not None else "none"
+        if self.coupling is not None and self.coupling.held_before:
+            budget += f" (beside {format_bytes(self.coupling.held_before)} held by earlier graphs)"
         return (f"{self.title}: {self.strategy}{fallback}; budget {budget}{peak}; "
                 f"{self.joint_ops} joint ops -> {self.forward_ops} fwd + {self.backward_ops} bwd;"
                 f" {len(self.saved)} saved tensors ({format_bytes(self.saved_bytes)}); "
@@ -129,7 +151,7 @@ class StepReport:
     `graph_count` counts every graph Dynamo built, including any that needs no backward (those
     have no report). `peak_bytes` estimates the step's peak: each graph's predicted peak on top
     of the saved tensors of the graphs before it, which are still held while it runs (forward
-    in order, backward in reverse)."""
+    in order, backward in reverse; `fxopt.step.step_peak`)."""
 
     graphs: tuple[Report, ...]
     graph_count: int
@@ -149,28 +171,23 @@ class StepReport:
         """The graphs that got PyTorch's default partition instead of a plan."""
         return tuple(r for r in self.graphs if r.fallback_reason is not None)
 
-    def _step_peak(self, peak_of) -> int | None:
-        held, peak = 0, 0
-        for r in self.graphs:
-            p = peak_of(r)
-            if p is None:
-                return None
-            peak = max(peak, held + p)
-            held += sum(s.nbytes for s in r.saved if not s.host)
-        return peak
+    def _step_peak(self, uses: list[GraphUse | None]) -> int | None:
+        if not uses or any(u is None for u in uses):
+            return None
+        return step_peak(uses)  # type: ignore[arg-type]
 
     @property
     def peak_bytes(self) -> int | None:
         """Predicted peak of the step with fxopt's partitions (None if a graph was not planned)."""
-        return self._step_peak(lambda r: r.peak_bytes)
+        return self._step_peak([r.plan_use for r in self.graphs])
 
     @property
     def baseline_peak_bytes(self) -> int | None:
-        return self._step_peak(lambda r: r.baseline_peak_bytes)
+        return self._step_peak([r.keep_use for r in self.graphs])
 
     @property
     def default_peak_bytes(self) -> int | None:
-        return self._step_peak(lambda r: r.default_peak_bytes)
+        return self._step_peak([r.default_use for r in self.graphs])
 
     def summary(self) -> str:
         fb = len(self.fallbacks)

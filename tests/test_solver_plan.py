@@ -108,11 +108,23 @@ def test_infeasible_budget_names_the_minimum_and_the_options() -> None:
     assert plan.decision("a").kind is Kind.OFFLOAD and plan.peak_bytes <= 100
 
 
-def test_infeasible_with_everything_allowed_says_so() -> None:
+def test_infeasible_with_everything_allowed_names_no_option() -> None:
     opts = SolverOptions(time_limit_s=10.0, allow_offload=True, allow_lowbit="int8")
-    with pytest.raises(InfeasibleBudgetError, match="No other option lowers it") as info:
+    with pytest.raises(InfeasibleBudgetError) as info:
         solve(tight_problem(), 50, opts, cache_dir=None)
-    assert info.value.min_peak_bytes > 50
+    assert info.value.min_peak_bytes > 50 and not info.value.alternatives
+    msg = str(info.value)
+    assert msg.endswith(f"Raise the budget to at least {info.value.min_peak_bytes} B.")
+    assert "option" not in msg
+
+
+def test_infeasible_never_names_offload_where_there_is_none() -> None:
+    """On the CPU offload does not exist: the error offers only low-bit storage."""
+    opts = SolverOptions(time_limit_s=10.0, offload_available=False)
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve(tight_problem(), 120, opts, cache_dir=None)
+    assert set(info.value.alternatives) == {"lowbit='fp8'"}
+    assert "offload" not in str(info.value)
 
 
 def test_keep_all_when_the_budget_allows() -> None:

@@ -21,25 +21,27 @@ class InfeasibleBudgetError(ValueError):
     """
 
     def __init__(self, budget_bytes: int, min_peak_bytes: int, min_peak_proven: bool,
-                 baseline_peak_bytes: int, alternatives: dict[str, int]) -> None:
+                 baseline_peak_bytes: int, alternatives: dict[str, int], context: str = ""
+                 ) -> None:
         self.budget_bytes = budget_bytes
         self.min_peak_bytes = min_peak_bytes
         self.min_peak_proven = min_peak_proven
         self.baseline_peak_bytes = baseline_peak_bytes
         self.alternatives = dict(alternatives)
+        self.context = context
         qualifier = "" if min_peak_proven else " found (not proven minimal)"
+        why = f" ({context})" if context else ""
         lines = [
-            f"memory budget {_mib(budget_bytes)} ({budget_bytes} B) cannot be met: the smallest "
-            f"reachable peak{qualifier} is {_mib(min_peak_bytes)} ({min_peak_bytes} B); keeping "
-            f"everything peaks at {_mib(baseline_peak_bytes)}."]
+            f"memory budget {_mib(budget_bytes)} ({budget_bytes} B) cannot be met{why}: the "
+            f"smallest reachable peak{qualifier} is {_mib(min_peak_bytes)} ({min_peak_bytes} B); "
+            f"keeping everything peaks at {_mib(baseline_peak_bytes)}."]
         better = {k: v for k, v in self.alternatives.items() if v < min_peak_bytes}
+        fix = f"Raise the budget to at least {min_peak_bytes} B"
         if better:
             opts = "; ".join(f"{k} reaches {_mib(v)} ({v} B)" for k, v in better.items())
             lines.append(f"Options that would lower it: {opts}.")
-        else:
-            lines.append("No other option lowers it (offload and low-bit are already allowed or "
-                         "do not help).")
-        lines.append(f"Raise the budget to at least {min_peak_bytes} B, or enable an option above.")
+            fix += ", or turn on one of those options"
+        lines.append(fix + ".")
         super().__init__(" ".join(lines))
 
 

@@ -17,6 +17,8 @@ class SolverOptions:
     deterministic: make the answer independent of machine speed and load (see NOTE
         [Determinism] in cpsat.py); costs some search speed with workers > 1.
     allow_offload / allow_lowbit: which choices besides keep and recompute may be used.
+    offload_available: offload exists where the graph runs (CUDA), so an infeasible budget may
+        name it as an option; on the CPU it is never offered.
     lowbit_penalty_us: added to the objective for each low-bit tensor, so compression is chosen
         only where it pays.
     max_restore_points: recompute / dequantise points considered per tensor (bounds how long a
@@ -34,6 +36,7 @@ class SolverOptions:
     deterministic: bool = True
     allow_offload: bool = False
     allow_lowbit: str | None = None
+    offload_available: bool = True
     lowbit_penalty_us: int = 50
     max_restore_points: int = 6
     restore_window: int = 2

@@ -68,7 +68,7 @@ def _infeasible(problem: Problem, opts: SolverOptions, budget: int, baseline: in
                     _plan(problem, decisions, sim, peak, baseline, "LOWEST_PEAK", t0, opts, []))
     alternatives: dict[str, int] = {}
     variants = []
-    if not opts.allow_offload:
+    if not opts.allow_offload and opts.offload_available:
         variants.append(("offload=True", SolverOptions(**{**vars(opts), "allow_offload": True})))
     if opts.allow_lowbit is None:
         variants.append(("lowbit='fp8'", SolverOptions(**{**vars(opts), "allow_lowbit": "fp8"})))
