@@ -1,7 +1,7 @@
 """fxopt: train under a memory budget with torch.compile.
 
-Public surface: `fxopt.backend(**options)`, `fxopt.Options`, `fxopt.last_report()`,
-`fxopt.reports()`.
+Public surface: `fxopt.backend(**options)`, `fxopt.explain(...)`, `fxopt.Options`,
+`fxopt.last_report()`, `fxopt.reports()`, `fxopt.step_report()`.
 `torch.compile(model, backend="fxopt")` works without importing this package.
 """
 
@@ -24,6 +24,8 @@ _EXPORTS = {
     "reports": "fxopt.records",
     "last_report": "fxopt.records",
     "clear_reports": "fxopt.records",
+    "step_report": "fxopt.records",
+    "StepReport": "fxopt.report",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -33,8 +35,8 @@ if TYPE_CHECKING:
     from fxopt.compiler import FxoptBackend, backend
     from fxopt.config import Budget, DeviceProfile, LowBit, Options, OptionsError
     from fxopt.explainer import explain
-    from fxopt.records import clear_reports, last_report, reports
-    from fxopt.report import Report
+    from fxopt.records import clear_reports, last_report, reports, step_report
+    from fxopt.report import Report, StepReport
 
 
 def __getattr__(name: str) -> Any:

@@ -67,11 +67,52 @@ class StepGraph:
         self._source = None if _symbolic(gm) else _copy_module(gm)
         self._compiled = _compile(gm, example_inputs, options, step, self.key, **compile_kwargs)
         self.recompiles = 0
+        self._calls = 0
 
     def __call__(self, *args: Any) -> Any:
         if self.step.is_stale(self.key):
             self._replan(args)
-        return self._compiled(*args)
+        meter = None
+        if self._calls and self.key == self.step.first_key() and self.step.measure_due():
+            meter = self._meter(args)
+        self._calls += 1
+        out = self._compiled(*args)
+        if meter is not None:
+            meter.stop_after_backward(out)
+        return out
+
+    def _meter(self, args: Sequence[Any]) -> Any:
+        """A meter for this step (NOTE [Measuring the step in training]), or None."""
+        from fxopt.runtime.meter import StepMeter, cpu_unmeasurable_reason
+
+        device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+        if device == "cpu" and (why := cpu_unmeasurable_reason()) is not None:
+            self.step.cannot_measure(why)
+            return None
+        if device not in ("cpu", "cuda"):
+            self.step.cannot_measure(f"steps on {device} are not measured")
+            return None
+        compiles = self.step.compiles
+        meter = StepMeter(device, lambda peak: self._measured(peak, compiles))
+        meter.start()
+        return meter
+
+    def _measured(self, peak: int, compiles: int) -> None:
+        from fxopt.config import format_bytes
+
+        if self.step.compiles != compiles:
+            return  # a graph compiled during this step: its memory is not the step's
+        stale = self.step.measured(peak)
+        predicted = self.step.planned_peak_bytes or 0
+        excess = peak - predicted
+        text = (f"fxopt: measured step peak {format_bytes(peak)}, predicted "
+                f"{format_bytes(predicted)}")
+        if excess > 0:
+            text += (f"; {format_bytes(excess)} of it no graph planned: "
+                     f"{unplanned_hint(self.step.ordered_reports())}")
+        if stale:
+            text += f"; re-planning {', '.join(stale)} with it counted"
+        log.log(logging.WARNING if stale else logging.INFO, "%s", text)
 
     def _replan(self, args: Sequence[Any]) -> None:
         if self._source is None:
@@ -84,6 +125,20 @@ class StepGraph:
         self._compiled = _compile(_copy_module(self._source), args, self.options, self.step,
                                   self.key, **self._kwargs)
         self.recompiles += 1
+
+
+def unplanned_hint(reports: Sequence[Any]) -> str:
+    """Where memory outside the compiled graphs usually comes from, for this step."""
+    hint = ("memory held by eager code between or after the compiled graphs, such as a loss "
+            "computed on the model's outputs (compile the loss with the model)")
+    outputs = [r.largest_output for r in reports if getattr(r, "largest_output", None)]
+    if outputs:
+        from fxopt.config import format_bytes
+
+        big = max(outputs, key=lambda t: t.nbytes)
+        hint += (f"; the largest tensor the graphs hand to eager code is {big.name} "
+                 f"[{', '.join(big.shape)}] {big.dtype}, {format_bytes(big.nbytes)}")
+    return hint
 
 
 def _copy_module(gm: fx.GraphModule) -> fx.GraphModule:
@@ -103,6 +158,12 @@ class FxoptBackend:
 
     def __repr__(self) -> str:
         return f"fxopt.backend({self.options})"
+
+    def step_report(self) -> Any:
+        """The step this backend's graphs make up (`fxopt.StepReport`)."""
+        from fxopt.records import step_report
+
+        return step_report(self.step)
 
     def __call__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any],
                  **compile_kwargs: Any) -> CompiledFn:

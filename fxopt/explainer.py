@@ -34,7 +34,7 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
     loss. Reports are numbered in the order the graphs were captured.
     """
     opts = Options(**options)
-    step = Step(opts)
+    step = Step(opts, defer_errors=True)
     found: dict[str, Report] = {}  # by graph key, in capture order
     joints: dict[str, tuple[fx.GraphModule, Any, dict[str, Any]]] = {}
 
@@ -65,6 +65,8 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
     for _ in range(MAX_REPLANS):
         for key in step.stale_keys():
             plan(key)
+    if (refused := step.infeasible_error()) is not None:
+        raise refused
     reports = tuple(dataclasses.replace(r, index=i) for i, r in enumerate(found.values()))
     result = StepReport(reports, count, time.perf_counter() - t0)
     if not result.graphs:

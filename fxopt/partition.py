@@ -7,9 +7,11 @@ joint_inputs, num_fwd_outputs=..., ...)` and compiles the forward and backward g
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,9 @@ from fxopt.config import Options, OptionsError, format_bytes
 from fxopt.dump import dump_report
 from fxopt.pipeline import plan_joint, planned_use, saved_tensors, timeline_of
 from fxopt.records import add_report
-from fxopt.report import Report, Stage
+from fxopt.report import Report, SavedTensor, Stage
 from fxopt.step import Step
+from fxopt.tensor_meta import size_hint
 
 log = logging.getLogger("fxopt")
 
@@ -81,7 +84,8 @@ class FxoptPartitioner(CustomPartitionerFn):
         return fwd, bwd
 
     def _keep(self, report: Report) -> None:
-        report = add_report(report)
+        report = add_report(report, self.step)
+        self.step.attach(report.step_key, report)
         if self.options.dump_dir:
             dump_report(report, self.options.dump_dir)
         if self.options.debug:
@@ -170,6 +174,7 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
         for warning in plan.warnings:
             log.log(level, "fxopt: %s (%s)", warning, key)
     restale = step.record(key, planned.use, planned.share.coupling)
+    refused = None if planned.refused is None else step.refuse(key, planned.refused)
     if restale:
         log.log(logging.WARNING if planned.share.strict else logging.INFO,
                 "fxopt: with %s planned, %s no longer fit the step's budget of %s; re-planning "
@@ -189,7 +194,11 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
         joint_graph=gm, problem=planned.built.problem, step_key=key,
         coupling=planned.share.coupling, step_budget_bytes=planned.share.step_budget_bytes,
         plan_use=planned.use, default_use=planned_use(default_timeline, default_bwd, static),
-        keep_use=planned.keep_use)
+        keep_use=planned.keep_use, largest_output=_largest_output(planned.fwd, num_fwd_outputs))
+    if refused is not None and not step.defer_errors:
+        refused.problem = planned.built.problem
+        raise PlanningError(refused, dataclasses.replace(
+            report, error=f"{type(refused).__name__}: {refused}"))
     return planned.fwd, planned.bwd, report
 
 
@@ -201,6 +210,21 @@ def _enable_debug_logging() -> None:
         log.addHandler(handler)
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
+
+
+def _largest_output(fwd: fx.GraphModule, num_user_outputs: int) -> SavedTensor | None:
+    """The largest of the tensors the forward returns to the user's code."""
+    out = next(iter(fwd.graph.find_nodes(op="output")))
+    best = None
+    for arg in torch.utils._pytree.tree_leaves(out.args[0])[:num_user_outputs]:
+        val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+        if not isinstance(val, torch.Tensor):
+            continue
+        nbytes = math.prod(size_hint(d) for d in val.shape) * val.element_size()
+        if best is None or nbytes > best.nbytes:
+            best = SavedTensor(arg.name, tuple(str(d) for d in val.shape),
+                               str(val.dtype).removeprefix("torch."), nbytes)
+    return best
 
 
 def _count_ops(gm: fx.GraphModule) -> int:

@@ -6,6 +6,7 @@ Each stage is timed; `partition.py` decides what to do when a stage fails.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from fxopt.tensor_meta import size_hint
 from fxopt.solver import (Candidate, Decision, InfeasibleBudgetError, Kind, NoPlanFoundError,
                           Plan, SolverOptions, keep_all, min_peak, simulate, solve)
 from fxopt.solver.build import BuiltProblem, build_problem
-from fxopt.step import Coupling, GraphUse, Share, Step
+from fxopt.step import Coupling, GraphUse, Share, Step, own_peak
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Planned:
     tensors: tuple[TensorRow, ...]
     timelines: tuple[Timeline, ...]
     stages: tuple[Stage, ...]
+    # Set when the size the user gave cannot be met even with the rest of the step re-planned:
+    # the plan is then the lowest one found, and the caller refuses the budget.
+    refused: InfeasibleBudgetError | None = None
 
 
 def graph_device(gm: fx.GraphModule) -> torch.device:
@@ -113,31 +117,33 @@ def _step_gaps(built: BuiltProblem, plan: Plan, applied: AppliedPlan) -> list[in
     return gaps
 
 
-def coupled_peak(timeline: Timeline, later_need: int) -> int:
-    """A graph's peak with what the later graphs of the step add at its forward/backward
-    boundary (NOTE [Step budgets] in fxopt/step.py)."""
-    boundary = timeline.live_bytes[timeline.num_fwd_steps - 1] if timeline.live_bytes else 0
-    return max(timeline.peak_bytes, boundary + later_need if later_need else 0)
+def coupled_peak(use: GraphUse, coupling: Coupling) -> int:
+    """A graph's peak with what the later graphs of the step add (NOTE [Step budgets] in
+    fxopt/step.py); the earlier graphs' part is taken off its budget instead."""
+    return own_peak(use, coupling)
 
 
-def _with_later_need(built: BuiltProblem, later_need: int) -> BuiltProblem:
-    """The Problem with the later graphs' need as fixed memory at its last forward step."""
-    if not later_need:
+def _with_coupling(built: BuiltProblem, coupling: Coupling) -> BuiltProblem:
+    """The Problem with the later graphs' need as fixed memory at its last forward step and
+    their gradients on every backward step."""
+    if not (coupling.later_need or coupling.grads_after):
         return built
-    fixed = list(built.problem.fixed_bytes)
-    fixed[built.problem.num_fwd_steps - 1] += later_need
-    return dataclasses.replace(built, problem=dataclasses.replace(built.problem,
-                                                                   fixed_bytes=tuple(fixed)))
+    problem = built.problem
+    fixed = [f + (coupling.grads_after if s >= problem.num_fwd_steps else 0)
+             for s, f in enumerate(problem.fixed_bytes)]
+    fixed[problem.num_fwd_steps - 1] += coupling.later_need
+    return dataclasses.replace(built, problem=dataclasses.replace(problem,
+                                                                  fixed_bytes=tuple(fixed)))
 
 
 def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
                      solver_options: SolverOptions, num_fwd_outputs: int,
                      static: list[int] | None, strict: bool, baseline_peak: int,
-                     later_need: int = 0) -> tuple[Plan, AppliedPlan, Timeline]:
+                     coupling: Coupling = Coupling()) -> tuple[Plan, AppliedPlan, Timeline]:
     """`strict`: the user set the budget, so a best plan more than `TOLERANCE` above it is an
     InfeasibleBudgetError; otherwise it is used with a warning. `baseline_peak`: the
-    keep-everything peak, which that error reports. `later_need`: see `coupled_peak`."""
-    built = _with_later_need(built, later_need)
+    keep-everything peak, which that error reports. `coupling`: see `coupled_peak`."""
+    built = _with_coupling(built, coupling)
     problem, best, refused = built.problem, None, None
     gaps = [0] * problem.num_steps
     for _ in range(4):
@@ -155,7 +161,7 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
         applied = apply_plan(gm, plan, num_fwd_outputs=num_fwd_outputs,
                              static_lifetime_input_indices=static, step_names=built.step_nodes)
         planned = timeline_of("fxopt plan", applied.fwd, applied.bwd)
-        peak = coupled_peak(planned, later_need)
+        peak = coupled_peak(planned_use(planned, applied.bwd, static), coupling)
         if best is None or peak < best[3]:
             best = (plan, applied, planned, peak)
         if peak <= budget:
@@ -191,12 +197,30 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
 ShareFn = Callable[[GraphUse, "int | None"], Share]
 
 
-def keep_use(built: BuiltProblem, memory: tuple[int, ...] | list[int]) -> GraphUse:
+def _timeline_use(timeline: Timeline, held: int, grads: int) -> GraphUse:
+    live, f = timeline.live_bytes, timeline.num_fwd_steps
+    return GraphUse(held, max(live[:f], default=0), max(live[f:], default=0),
+                    live[f - 1] if f else 0, grads)
+
+
+def keep_use(built: BuiltProblem, memory: tuple[int, ...] | list[int], grads: int) -> GraphUse:
     """What the graph holds when it keeps everything (its keep-all simulation given)."""
     problem = built.problem
     held = sum(c.bytes for c, d in zip(problem.candidates, keep_all(problem))
                if d.kind is Kind.KEEP and c.bwd_uses)
-    return GraphUse(held, max(memory, default=0), memory[problem.num_fwd_steps - 1])
+    return _timeline_use(Timeline("", tuple(memory), problem.num_fwd_steps), held, grads)
+
+
+def gradient_bytes(gm: fx.GraphModule, num_fwd_outputs: int) -> int:
+    """Bytes of the gradients a joint (or backward) graph returns: its outputs after the
+    forward's (for a backward graph, `num_fwd_outputs` is 0)."""
+    out = next(iter(gm.graph.find_nodes(op="output")))
+    total = 0
+    for arg in torch.utils._pytree.tree_leaves(out.args[0])[num_fwd_outputs:]:
+        val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+        if isinstance(val, torch.Tensor):
+            total += math.prod(size_hint(d) for d in val.shape) * val.element_size()
+    return total
 
 
 def saved_tensors(bwd: fx.GraphModule, static: list[int] | None = None
@@ -223,16 +247,21 @@ def saved_tensors(bwd: fx.GraphModule, static: list[int] | None = None
 def planned_use(timeline: Timeline, bwd: fx.GraphModule, static: list[int] | None
                 ) -> GraphUse:
     """What a partition holds as the step sees it: its saved activations on the device
-    (parameters are there before and after the step), its peak and its boundary."""
-    held = sum(s.nbytes for s in saved_tensors(bwd, static) if not (s.host or s.parameter))
-    boundary = timeline.live_bytes[timeline.num_fwd_steps - 1] if timeline.live_bytes else 0
-    return GraphUse(held, timeline.peak_bytes, boundary)
+    (parameters are there before and after the step), its peaks, its boundary and the
+    gradients its backward returns. Saved graph inputs (the activations an earlier graph
+    handed on) are no part of its own timeline, which is above its inputs: the boundary
+    counts them, so that it is never below what the graph holds."""
+    saved = [s for s in saved_tensors(bwd, static) if not (s.host or s.parameter)]
+    held = sum(s.nbytes for s in saved)
+    inputs = sum(s.nbytes for s in saved if s.name.startswith("primals"))
+    use = _timeline_use(timeline, held, gradient_bytes(bwd, 0))
+    return dataclasses.replace(use, boundary_bytes=use.boundary_bytes + inputs)
 
 
 def _step_error(err: InfeasibleBudgetError, share: Share) -> InfeasibleBudgetError:
     """The error for the whole step: what the other graphs hold is added back."""
     c = share.coupling
-    if share.step_budget_bytes is None or not (c.held_before or c.later_need):
+    if share.step_budget_bytes is None or not (c.held_before or c.later_need or c.grads_after):
         return err
     around = []
     if c.held_before:
@@ -240,6 +269,9 @@ def _step_error(err: InfeasibleBudgetError, share: Share) -> InfeasibleBudgetErr
     if c.later_need:
         around.append(f"with {format_bytes(c.later_need)} more that the graphs after it need "
                       "while it holds its saved tensors")
+    if c.grads_after:
+        around.append(f"with the {format_bytes(c.grads_after)} of gradients the graphs after "
+                      "it return alive during its backward")
     return InfeasibleBudgetError(
         share.step_budget_bytes, c.held_before + err.min_peak_bytes, False,
         c.held_before + err.baseline_peak_bytes,
@@ -270,7 +302,7 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
 
     t0 = time.perf_counter()
     share_fn = share or (lambda use, default: Step(options).share("graph", use, default))
-    keep = keep_use(built, baseline.memory)
+    keep = keep_use(built, baseline.memory, gradient_bytes(gm, num_fwd_outputs))
     mine = share_fn(keep, default_peak_bytes)
     budget, strict = mine.budget_bytes, mine.strict
     solver_options = SolverOptions(time_limit_s=options.time_limit_s, allow_offload=offload,
@@ -278,24 +310,26 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     solve_args = (gm, built)
     rest = dict(solver_options=solver_options, num_fwd_outputs=num_fwd_outputs,
                 static=static_lifetime_input_indices, strict=strict,
-                baseline_peak=baseline.peak_bytes, later_need=mine.coupling.later_need)
+                baseline_peak=baseline.peak_bytes, coupling=mine.coupling)
+    refused: InfeasibleBudgetError | None = None
     try:
-        if budget <= 0:
-            raise InfeasibleBudgetError(budget, min_peak(built.problem, solver_options, max(
-                options.time_limit_s / 2, 1.0))[0], False, baseline.peak_bytes, {})
+        if budget <= 0:  # the other graphs of the step leave this one nothing
+            raise InfeasibleBudgetError(budget, min_peak(
+                _with_coupling(built, mine.coupling).problem, solver_options,
+                max(options.time_limit_s / 2, 1.0))[0], False, baseline.peak_bytes, {})
         plan, applied, planned = _solve_and_apply(*solve_args, budget, **rest)
     except (InfeasibleBudgetError, NoPlanFoundError) as err:
-        # An absolute budget that earlier graphs of the step can still make room for is met
-        # from the next step on (NOTE [Step budgets]); this step gets the lowest plan.
+        # NOTE [Best-effort budgets]: a fraction (or no budget) never stops a run. An absolute
+        # budget that earlier graphs of the step can still make room for is met from the next
+        # step on (NOTE [Step budgets]); one that nothing can make room for is refused by the
+        # caller, which knows the step, with this lowest plan as the evidence. Where the search
+        # ran out of time before it could say, the lowest peak it finds is asked for.
         if strict and not mine.room_elsewhere:
-            final = _step_error(err, mine) if isinstance(err, InfeasibleBudgetError) else err
-            final.problem = built.problem  # for the report the failed compile leaves
-            raise final from None
-        # NOTE [Best-effort budgets]: a fraction (or no budget) never stops a run. Where the
-        # search ran out of time before it could say, the lowest peak it finds is asked for.
+            refused = _step_error(err, mine) if isinstance(err, InfeasibleBudgetError) else \
+                InfeasibleBudgetError(budget, budget, False, baseline.peak_bytes, {})
         asked = budget
         budget = err.min_peak_bytes if isinstance(err, InfeasibleBudgetError) else \
-            min_peak(_with_later_need(built, mine.coupling.later_need).problem, solver_options,
+            min_peak(_with_coupling(built, mine.coupling).problem, solver_options,
                      max(options.time_limit_s / 2, 1.0))[0]
         plan, applied, planned = _solve_and_apply(*solve_args, budget, **{**rest,
                                                                           "strict": False})
@@ -304,8 +338,8 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
         if mine.coupling.held_before:
             what = (f"{what}, less the {format_bytes(mine.coupling.held_before)} that the "
                     "earlier graphs of the step hold,")
-        then = ("; the earlier graphs are re-planned to make room from the next step on"
-                if strict else " (a size as budget makes this an error)")
+        then = (" (a size as budget makes this an error)" if not strict else "" if refused else
+                "; the earlier graphs are re-planned to make room from the next step on")
         plan = plan.with_(warnings=plan.warnings + (
             f"{what} leaves this graph {format_bytes(max(asked, 0))}, below the smallest peak "
             f"fxopt reaches for it; planned for that, {format_bytes(budget)}{then}",))
@@ -315,7 +349,7 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
         TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind.value, _cost_us(cand, d),
                   _reason(d.kind, info.not_recomputable, info.lowbit_rule), info.source)
         for cand, info, d in zip(built.problem.candidates, built.info, plan.decisions))
+    use = planned_use(planned, applied.bwd, static_lifetime_input_indices)
     return Planned(applied.fwd, applied.bwd, plan, built, planned.peak_bytes,
-                   baseline.peak_bytes, budget, mine, planned_use(planned, applied.bwd, static_lifetime_input_indices),
-                   keep,
-                   tensors, (keep_line, planned), tuple(stages))
+                   baseline.peak_bytes, budget, mine, use, keep, tensors, (keep_line, planned),
+                   tuple(stages), refused)

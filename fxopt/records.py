@@ -5,18 +5,42 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from fxopt.report import Report
+from typing import TYPE_CHECKING
+
+from fxopt.report import Report, StepReport
+
+if TYPE_CHECKING:
+    from fxopt.step import Step
 
 _LOCK = threading.Lock()
 _REPORTS: list[Report] = []
+_LAST_STEP: list[Step] = []  # the step whose graph was compiled last
 
 
-def add_report(report: Report) -> Report:
-    """Stores a report, stamped with its position in the list, and returns the stamped one."""
+def add_report(report: Report, step: Step | None = None) -> Report:
+    """Stores a report, stamped with its position in the list, and returns the stamped one;
+    `step`: the step its graph belongs to (the one `step_report()` describes from now on)."""
     with _LOCK:
         report = dataclasses.replace(report, index=len(_REPORTS))
         _REPORTS.append(report)
+        if step is not None:
+            _LAST_STEP[:] = [step]
     return report
+
+
+def step_report(step: Step | None = None) -> StepReport:
+    """The training step as a whole (`StepReport`): its graphs' latest reports in the order the
+    step runs them, the predicted step peak and, once a step ran under a budget, the measured
+    one. Default: the step of the graph fxopt compiled last."""
+    if step is None:
+        with _LOCK:
+            if not _LAST_STEP:
+                raise LookupError("fxopt has compiled no training graph in this process yet")
+            step = _LAST_STEP[0]
+    reports = tuple(step.ordered_reports())
+    return StepReport(reports, len(reports), sum(r.seconds for r in reports),
+                      measured_peak_bytes=step.measured_peak_bytes,
+                      unplanned_bytes=step.unplanned_bytes, note=step.measure_note)
 
 
 def reports() -> tuple[Report, ...]:
@@ -38,3 +62,4 @@ def last_report() -> Report:
 def clear_reports() -> None:
     with _LOCK:
         _REPORTS.clear()
+        _LAST_STEP.clear()

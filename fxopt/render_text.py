@@ -60,9 +60,18 @@ def summary_items(report: Report) -> list[tuple[str, str]]:
     planned says so once and leaves out the peaks it has no prediction for."""
     planned = report.plan is not None
     fallback = f" (fallback: {report.fallback_reason})" if report.fallback_reason else ""
-    items = [("strategy", report.strategy + fallback),
-             ("solver status", (report.status or "-") if planned else NOT_PLANNED),
-             ("budget", _budget_text(report))]
+    items = [("error", report.error)] if report.error else []
+    items += [("strategy", report.strategy + fallback),
+              ("solver status", (report.status or "-") if planned else NOT_PLANNED),
+              ("budget", _budget_text(report))]
+    c = report.coupling
+    if c is not None and (c.held_before or c.later_need or c.grads_after):
+        step = f"budget of the whole step {format_bytes(report.step_budget_bytes or 0)}" \
+            if report.step_budget_bytes is not None else "no budget"
+        items.append(("in the step", f"{step}; the graphs before it hold "
+                      f"{format_bytes(c.held_before)}, those after it need "
+                      f"{format_bytes(c.later_need)} at its forward/backward boundary and "
+                      f"return {format_bytes(c.grads_after)} of gradients before its backward"))
     base = report.baseline_peak_bytes
     for kind, label, value in (
             ("plan", "predicted peak with the plan", report.peak_bytes),

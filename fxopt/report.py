@@ -101,6 +101,7 @@ class Report:
     plan_use: GraphUse | None = None
     default_use: GraphUse | None = None
     keep_use: GraphUse | None = None
+    largest_output: SavedTensor | None = None  # the largest tensor the forward returns
 
     @property
     def title(self) -> str:
@@ -156,6 +157,10 @@ class StepReport:
     graphs: tuple[Report, ...]
     graph_count: int
     seconds: float
+    # Measured while training (NOTE [Measuring the step in training]); None: not measured.
+    measured_peak_bytes: int | None = None
+    unplanned_bytes: int = 0  # measured above the prediction, counted once the step re-planned
+    note: str = ""  # why the step was not measured, or where the unplanned memory comes from
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -172,13 +177,17 @@ class StepReport:
         return tuple(r for r in self.graphs if r.fallback_reason is not None)
 
     def _step_peak(self, uses: list[GraphUse | None]) -> int | None:
+        """The step peak of these partitions, with the measured memory no graph planned once
+        that is counted (as one more graph at the end of the step)."""
         if not uses or any(u is None for u in uses):
             return None
-        return step_peak(uses)  # type: ignore[arg-type]
+        tail = [GraphUse(0, self.unplanned_bytes, 0, 0)] if self.unplanned_bytes else []
+        return step_peak(uses + tail)  # type: ignore[operator]
 
     @property
     def peak_bytes(self) -> int | None:
-        """Predicted peak of the step with fxopt's partitions (None if a graph was not planned)."""
+        """Predicted peak of the step with fxopt's partitions (None if a graph was not planned),
+        with the measured memory no graph planned once that is counted."""
         return self._step_peak([r.plan_use for r in self.graphs])
 
     @property
@@ -195,8 +204,17 @@ class StepReport:
                 f"; predicted step peak {format_bytes(self.peak_bytes)}")
         base = ("" if self.baseline_peak_bytes is None else
                 f" (keep-everything {format_bytes(self.baseline_peak_bytes)})")
-        return (f"fxopt.explain: {len(self.graphs)} training graph(s) of {self.graph_count} "
-                f"captured, {fb} fallback(s){peak}{base}; {self.seconds:.1f} s")
+        measured = ""
+        if self.measured_peak_bytes is not None:
+            measured = f"; measured {format_bytes(self.measured_peak_bytes)}"
+            if self.unplanned_bytes:
+                measured += f", of which {format_bytes(self.unplanned_bytes)} outside the graphs"
+        note = f" ({self.note})" if self.note else ""
+        source = "fxopt.explain" if any(r.source == "explain" for r in self.graphs) else \
+            "fxopt step"
+        return (f"{source}: {len(self.graphs)} training graph(s) of {self.graph_count} "
+                f"captured, {fb} fallback(s){peak}{base}{measured}{note}; "
+                f"{self.seconds:.1f} s")
 
     def __repr__(self) -> str:
         return f"<StepReport {self.summary()}>"

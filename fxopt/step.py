@@ -14,8 +14,12 @@ which is the order the forward first reaches them; the backward runs them in rev
   hold plus a later graph's own peak) is added at the last forward step of i's Problem. Graph
   i's outputs are live at that boundary and are the next graph's inputs, which a graph's own
   peak leaves out: the sum counts them once.
+* The gradients a graph's backward returns (parameter gradients, the gradient of its inputs)
+  stay alive while the graphs before it run their backward (`grads_after`): fixed memory on
+  the backward steps of those graphs' Problems.
 * So the predicted step peak is the largest, over graphs, of what the graphs before hold plus
-  the larger of the graph's own peak and its boundary plus `later_need` (`step_peak`).
+  the largest of its forward peak, its backward peak plus `grads_after`, and its boundary plus
+  `later_need` (`step_peak`).
 * When a graph joins, the graphs after it are not known yet (`later_need` is 0, or what the
   step before showed after a recompile). When a graph does not fit under what the earlier ones
   hold, it is planned as low as it goes (that step may exceed the budget, with a warning) and
@@ -36,6 +40,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fxopt.config import Options
 
@@ -49,38 +54,51 @@ class Coupling:
 
     held_before: int = 0  # saved bytes of the graphs before it, alive while it runs
     later_need: int = 0  # what the graphs after it add on top of its forward/backward boundary
+    grads_after: int = 0  # gradients the graphs after it returned, alive during its backward
 
 
 @dataclass(frozen=True)
 class GraphUse:
-    """What one planned graph holds, as the step sees it."""
+    """What one planned graph holds, as the step sees it (its own peaks are above its
+    parameters and inputs)."""
 
     held_bytes: int  # saved tensors on the device from its forward to its backward
-    peak_bytes: int  # its own peak, above its parameters and inputs
+    fwd_peak_bytes: int  # its own peak during its forward
+    bwd_peak_bytes: int  # its own peak during its backward
     boundary_bytes: int  # its own live bytes at its last forward step
+    grad_bytes: int = 0  # the gradients its backward returns, alive to the end of the step
+
+    @property
+    def peak_bytes(self) -> int:
+        return max(self.fwd_peak_bytes, self.bwd_peak_bytes)
 
 
 def step_peak(uses: Sequence[GraphUse]) -> int:
     """The predicted peak of a step whose graphs run in this order (NOTE [Step budgets])."""
-    return max((c.held_before + _own_peak(u, c) for u, c in zip(uses, couplings(uses))),
+    return max((c.held_before + own_peak(u, c) for u, c in zip(uses, couplings(uses))),
                default=0)
 
 
 def couplings(uses: Sequence[GraphUse]) -> list[Coupling]:
     """The coupling of every graph of a step from what each graph holds."""
+    grads_after = [sum(u.grad_bytes for u in uses[i + 1:]) for i in range(len(uses))]
     out = []
     for i in range(len(uses)):
         held_before = sum(u.held_bytes for u in uses[:i])
         later, between = 0, 0
-        for u in uses[i + 1:]:
-            later = max(later, between + u.peak_bytes)
+        for m in range(i + 1, len(uses)):
+            u = uses[m]
+            later = max(later, between + u.fwd_peak_bytes,
+                        between + u.bwd_peak_bytes + grads_after[m])
             between += u.held_bytes
-        out.append(Coupling(held_before, later))
+        out.append(Coupling(held_before, later, grads_after[i]))
     return out
 
 
-def _own_peak(use: GraphUse, coupling: Coupling) -> int:
-    return max(use.peak_bytes, use.boundary_bytes + coupling.later_need)
+def own_peak(use: GraphUse, coupling: Coupling) -> int:
+    """A graph's peak with what the graphs after it add (those before it: `held_before`)."""
+    return max(use.fwd_peak_bytes, use.bwd_peak_bytes + coupling.grads_after,
+               use.boundary_bytes + coupling.later_need)
 
 
 @dataclass(frozen=True)
@@ -107,23 +125,40 @@ class _Entry:
 class Step:
     """The training graphs of one compile and the budget they share."""
 
-    def __init__(self, options: Options) -> None:
+    def __init__(self, options: Options, defer_errors: bool = False) -> None:
+        """`defer_errors`: a size that cannot be met is refused once every graph of the step
+        has been planned (`fxopt.explain`, which sees the whole step before it answers);
+        otherwise at the compile that finds it, so that a GPU run stops before it runs out of
+        memory."""
         self.options = options
+        self.defer_errors = defer_errors
+        self.refused: dict[str, Any] = {}  # graph key -> InfeasibleBudgetError of its plan
         self._entries: list[_Entry] = []
         self._stale: set[str] = set()
         self._warned = False
         self._lock = threading.Lock()
+        self.reports: dict[str, Any] = {}  # the latest fxopt.Report of each graph
+        # NOTE [Measuring the step in training] (fxopt/runtime/meter.py): what the real step
+        # held, and the part of it no graph planned (eager code between and after the graphs),
+        # which counts as one more graph at the end of the step once it is known.
+        self.measured_peak_bytes: int | None = None
+        self.planned_peak_bytes: int | None = None  # the prediction that was measured
+        self.unplanned_bytes = 0
+        self.measure_note = ""
+        self.measurements = 0
+        self.compiles = 0  # graphs planned so far: a step that compiles is not measured
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    # Inductor pickles its config, the partitioner and so this object included; a lock cannot.
+    # Inductor pickles its config, this object included (through the partitioner), to key its
+    # caches and to compile in worker processes; the partitioner's uuid() stands for it there.
+    # The graphs it holds (fake tensors, locks) cannot be pickled: a copy starts empty.
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+        return {"options": self.options, "defer_errors": self.defer_errors}
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self.__init__(state["options"], state["defer_errors"])  # type: ignore[misc]
 
     def keys(self) -> list[str]:
         return [e.key for e in self._entries]
@@ -145,10 +180,14 @@ class Step:
                 entry.static_inputs = tuple(given)
             return None if entry.static_inputs is None else list(entry.static_inputs)
 
+    def _tail(self) -> list[GraphUse]:
+        """The measured memory no graph planned, as a graph at the end of the step."""
+        return [GraphUse(0, self.unplanned_bytes, 0, 0)] if self.unplanned_bytes > 0 else []
+
     def _coupling(self, key: str, own: GraphUse) -> Coupling:
         """Graph `key`'s coupling to the planned graphs around it (its own use: `own`)."""
         order = [e for e in self._entries if e.use is not None or e.key == key]
-        uses = [own if e.key == key else e.use for e in order]
+        uses = [own if e.key == key else e.use for e in order] + self._tail()
         return couplings(uses)[[e.key for e in order].index(key)]
 
     def share(self, key: str, keep: GraphUse, default_peak: int | None) -> Share:
@@ -176,23 +215,108 @@ class Step:
             entry = self._entry(key)
             entry.use, entry.planned_with = use, coupling
             self._stale.discard(key)
-            step_budget = self._step_budget()
-            if step_budget is None:
-                return []
-            if self.options.budget is not None and self.options.budget.nbytes is not None:
-                step_budget = int(step_budget * (1 + TOLERANCE))
-            uses = [e.use for e in self._entries if e.use is not None]
-            planned = [e for e in self._entries if e.use is not None]
-            stale = []
-            for e, u, c in zip(planned, uses, couplings(uses)):
-                if e.key == key or e.replans >= MAX_REPLANS or c == e.planned_with:
-                    continue
-                if c.held_before + _own_peak(u, c) > step_budget:
-                    e.replans += 1
-                    self._stale.add(e.key)
-                    stale.append(e.key)
-            return stale
+            self.refused.pop(key, None)
+            self.compiles += 1
+            return self._mark_unfit(skip=key)
 
+    def _mark_unfit(self, skip: str | None, tolerance: float = TOLERANCE) -> list[str]:
+        """Marks for re-planning every planned graph that no longer fits the step's budget
+        (a size as budget: within `tolerance`, as a plan is accepted)."""
+        step_budget = self._step_budget()
+        if step_budget is None:
+            return []
+        if self.options.budget is not None and self.options.budget.nbytes is not None:
+            step_budget = int(step_budget * (1 + tolerance))
+        planned = [e for e in self._entries if e.use is not None]
+        uses = [e.use for e in planned] + self._tail()
+        stale = []
+        for e, u, c in zip(planned, uses, couplings(uses)):
+            if e.key == skip or e.replans >= MAX_REPLANS or c == e.planned_with:
+                continue
+            if c.held_before + own_peak(u, c) > step_budget:
+                e.replans += 1
+                self._stale.add(e.key)
+                stale.append(e.key)
+        return stale
+
+    def refuse(self, key: str, error: Any) -> Any:
+        """Graph `key` (already recorded with its lowest plan) cannot meet the size the user
+        gave; returns the error for the step, which names the step's predicted peak with the
+        lowest plans found: a budget that asks for it gets a plan."""
+        with self._lock:
+            self.refused[key] = error
+            return self._infeasible(error)
+
+    def infeasible_error(self) -> Any:
+        """The error for the step when a graph refused the budget (None: none did)."""
+        with self._lock:
+            if not self.refused:
+                return None
+            return self._infeasible(next(iter(self.refused.values())))
+
+    def _infeasible(self, error: Any) -> Any:
+        from fxopt.solver import InfeasibleBudgetError
+
+        planned = [e.use for e in self._entries if e.use is not None]
+        if len(planned) <= 1 and not self.unplanned_bytes:
+            return error  # the step is this one graph, as far as it is known
+        keeps = [e.keep for e in self._entries if e.keep is not None]
+        peak = self._predicted()
+        return InfeasibleBudgetError(
+            self._step_budget() or 0, peak, False, step_peak(keeps), {},
+            context=f"for the training step of {len(planned)} graphs, each planned as low as "
+                    "it goes beside the others")
+
+    def attach(self, key: str, report: Any) -> None:
+        """Keeps the latest report of graph `key` (for the step's report)."""
+        with self._lock:
+            self.reports[key] = report
+
+    def ordered_reports(self) -> list[Any]:
+        with self._lock:
+            return [self.reports[e.key] for e in self._entries if e.key in self.reports]
+
+    def cannot_measure(self, reason: str) -> None:
+        with self._lock:
+            self.measure_note, self.measurements = reason, 2
+
+    def first_key(self) -> str | None:
+        with self._lock:
+            return self._entries[0].key if self._entries else None
+
+    def measure_due(self) -> bool:
+        """Whether the next step is measured: under a budget, once the plans have settled, at
+        most twice (the second time after a re-plan for what the first one found)."""
+        with self._lock:
+            settled = not self._stale and all(e.use is not None for e in self._entries)
+            wanted = self.measurements == 0 or (self.measurements == 1 and self.unplanned_bytes
+                                                and self.measured_peak_bytes is not None
+                                                and self.planned_peak_bytes is not None
+                                                and self._predicted() != self.planned_peak_bytes)
+            return self.options.budget is not None and settled and bool(wanted)
+
+    def _predicted(self) -> int:
+        return step_peak([e.use for e in self._entries if e.use is not None] + self._tail())
+
+    def measured(self, peak: int) -> list[str]:
+        """Takes the measured peak of one step; under a size as budget, the first excess over
+        the prediction is counted as memory at the end of the step and the graphs that no
+        longer fit are returned for re-planning."""
+        with self._lock:
+            self.measurements += 1
+            predicted = self._predicted()
+            self.measured_peak_bytes, self.planned_peak_bytes = peak, predicted
+            excess = peak - predicted
+            budget = self.options.budget
+            if excess <= 0 or self.unplanned_bytes or budget is None or budget.nbytes is None \
+                    or peak <= budget.nbytes:
+                return []
+            self.unplanned_bytes = excess
+            for e in self._entries:
+                e.replans = min(e.replans, MAX_REPLANS - 1)  # one more re-plan for this
+                e.planned_with = None  # re-checked whatever their coupling
+            # The real step overshot once already: no tolerance on top of that.
+            return self._mark_unfit(skip=None, tolerance=0.0)
     def _step_budget(self) -> int | None:
         budget = self.options.budget
         if budget is None:
@@ -232,6 +356,7 @@ class Step:
         return False
 
     def peak_bytes(self) -> int:
-        """The predicted step peak of the graphs as planned so far."""
+        """The predicted step peak of the graphs as planned so far (with the measured memory
+        that no graph planned, once known)."""
         with self._lock:
-            return step_peak([e.use for e in self._entries if e.use is not None])
+            return self._predicted()
