@@ -25,10 +25,11 @@ from fxopt.solver import InfeasibleBudgetError
 
 from fxopt.config import Options, OptionsError, format_bytes
 from fxopt.dump import dump_report
-from fxopt.pipeline import plan_joint, planned_use, saved_tensors, timeline_of
+from fxopt.pipeline import (plan_joint, planned_use, saved_input_bytes, saved_tensors,
+                            timeline_of)
 from fxopt.records import add_report
 from fxopt.report import Report, SavedTensor, Stage
-from fxopt.step import Step
+from fxopt.step import Coupling, GraphUse, Step, own_peak
 from fxopt.tensor_meta import size_hint
 
 log = logging.getLogger("fxopt")
@@ -138,27 +139,31 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
     stages = [Stage("PyTorch partition", time.perf_counter() - t0)]
     default_timeline = None
 
-    def unplanned(strategy: str, err: Exception, **fields: Any) -> Report:
+    def unplanned(strategy: str, err: Exception | None, **fields: Any) -> Report:
+        """PyTorch's partition: after an error (`err`), or chosen as the lower plan."""
+        base: dict[str, Any] = dict(
+            peak_bytes=None, baseline_peak_bytes=None, budget_bytes=None,
+            timelines=(default_timeline,) if default_timeline else ())
         return Report(
-            options=options, strategy=strategy, fallback_reason=f"{type(err).__name__}: {err}",
-            plan=None, peak_bytes=None, baseline_peak_bytes=None, budget_bytes=None,
+            options=options, strategy=strategy, plan=None,
+            fallback_reason=None if err is None else f"{type(err).__name__}: {err}",
             solve_seconds=0.0, joint_ops=_count_ops(gm), forward_ops=_count_ops(default_fwd),
             backward_ops=_count_ops(default_bwd), saved=saved_tensors(default_bwd, static),
             seconds=time.perf_counter() - start, stages=tuple(stages),
             forward_graph=default_fwd, backward_graph=default_bwd, joint_graph=gm,
             default_peak_bytes=default_timeline.peak_bytes if default_timeline else None,
-            timelines=(default_timeline,) if default_timeline else (), step_key=key,
-            default_use=(planned_use(default_timeline, default_bwd, static)
-                         if default_timeline else None),
-            **fields)
+            step_key=key, default_use=(planned_use(default_timeline, default_bwd, static)
+                                       if default_timeline else None),
+            **{**base, **fields})
 
     try:
         default_timeline = timeline_of("PyTorch default", default_fwd, default_bwd)
         planned = plan_joint(gm, options, num_fwd_outputs=num_fwd_outputs,
                              static_lifetime_input_indices=static,
-                             default_peak_bytes=default_timeline.peak_bytes,
+                             default_use=planned_use(default_timeline, default_bwd, static),
                              device_type=device_type,
-                             share=lambda use, default: step.share(key, use, default))
+                             share=lambda use, default: step.share(key, use, default),
+                             saved_inputs=saved_input_bytes(default_bwd, static))
     except (InfeasibleBudgetError, OptionsError) as err:
         raise PlanningError(err, unplanned("error", err, error=f"{type(err).__name__}: {err}",
                                            problem=getattr(err, "problem", None))) from err
@@ -168,6 +173,24 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
         if default_timeline is not None:
             step.record(key, planned_use(default_timeline, default_bwd, static), None)
         return default_fwd, default_bwd, unplanned("PyTorch default", err)
+    default_use = planned_use(default_timeline, default_bwd, static)
+    coupling = planned.share.coupling
+    if _default_is_lower(planned.use, default_use, coupling, planned.share.budget_bytes):
+        # NOTE [Never above PyTorch's default]: where fxopt's lowest plan stays above the budget
+        # (no budget: PyTorch's own partition's peak) and PyTorch's partition peaks lower, that
+        # partition is the better plan and is used, as a choice, not a fallback.
+        step.record(key, default_use, coupling)
+        log.info("fxopt: PyTorch's partition peaks at %s, below fxopt's lowest plan (%s); "
+                 "using it for %s", format_bytes(own_peak(default_use, coupling)),
+                 format_bytes(own_peak(planned.use, coupling)), key)
+        return default_fwd, default_bwd, unplanned(
+            "PyTorch default", None, peak_bytes=default_timeline.peak_bytes,
+            baseline_peak_bytes=planned.baseline_peak_bytes, budget_bytes=planned.budget_bytes,
+            status="DEFAULT_LOWER", coupling=coupling,
+            step_budget_bytes=planned.share.step_budget_bytes, plan_use=default_use,
+            keep_use=planned.keep_use, problem=planned.built.problem,
+            timelines=(planned.timelines[0], default_timeline),
+            largest_output=_largest_output(default_fwd, num_fwd_outputs))
     plan = planned.plan
     if plan.warnings:  # said once per step (the reports of the other graphs keep theirs)
         level = logging.WARNING if step.first_warning() else logging.INFO
@@ -193,8 +216,7 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
                                             planned.timelines[1]),
         joint_graph=gm, problem=planned.built.problem, step_key=key,
         coupling=planned.share.coupling, step_budget_bytes=planned.share.step_budget_bytes,
-        plan_use=planned.use, default_use=planned_use(default_timeline, default_bwd, static),
-        keep_use=planned.keep_use, largest_output=_largest_output(planned.fwd, num_fwd_outputs))
+        plan_use=planned.use, default_use=default_use, keep_use=planned.keep_use, largest_output=_largest_output(planned.fwd, num_fwd_outputs))
     if refused is not None and not step.defer_errors:
         refused.problem = planned.built.problem
         raise PlanningError(refused, dataclasses.replace(
@@ -210,6 +232,14 @@ def _enable_debug_logging() -> None:
         log.addHandler(handler)
     if log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)
+
+
+def _default_is_lower(fxopt_use: GraphUse, default_use: GraphUse, coupling: Coupling,
+                      budget: int) -> bool:
+    """Whether PyTorch's partition is the better plan: fxopt's misses its budget and PyTorch's
+    peaks lower (NOTE [Never above PyTorch's default])."""
+    mine, theirs = own_peak(fxopt_use, coupling), own_peak(default_use, coupling)
+    return mine > budget and theirs < mine
 
 
 def _largest_output(fwd: fx.GraphModule, num_user_outputs: int) -> SavedTensor | None:

@@ -194,7 +194,7 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
 # the smallest peak fxopt reaches, the smallest reachable plan is used and the plan carries a
 # warning. No budget at all is the default partition's peak, best effort too. How the step's
 # budget is shared among its graphs: NOTE [Step budgets] in fxopt/step.py.
-ShareFn = Callable[[GraphUse, "int | None"], Share]
+ShareFn = Callable[[GraphUse, "GraphUse | None"], Share]
 
 
 def _timeline_use(timeline: Timeline, held: int, grads: int) -> GraphUse:
@@ -203,12 +203,22 @@ def _timeline_use(timeline: Timeline, held: int, grads: int) -> GraphUse:
                     live[f - 1] if f else 0, grads)
 
 
-def keep_use(built: BuiltProblem, memory: tuple[int, ...] | list[int], grads: int) -> GraphUse:
-    """What the graph holds when it keeps everything (its keep-all simulation given)."""
+def keep_use(built: BuiltProblem, memory: tuple[int, ...] | list[int], grads: int,
+             saved_inputs: int) -> GraphUse:
+    """What the graph holds when it keeps everything (its keep-all simulation given).
+    `saved_inputs`: bytes of the graph inputs the backward reads (see `planned_use`)."""
     problem = built.problem
     held = sum(c.bytes for c, d in zip(problem.candidates, keep_all(problem))
                if d.kind is Kind.KEEP and c.bwd_uses)
-    return _timeline_use(Timeline("", tuple(memory), problem.num_fwd_steps), held, grads)
+    use = _timeline_use(Timeline("", tuple(memory), problem.num_fwd_steps), held, grads)
+    return dataclasses.replace(use, held_bytes=held + saved_inputs,
+                               boundary_bytes=use.boundary_bytes + saved_inputs)
+
+
+def saved_input_bytes(bwd: fx.GraphModule, static: list[int] | None) -> int:
+    """Bytes of the graph inputs (not parameters) that the backward reads."""
+    return sum(s.nbytes for s in saved_tensors(bwd, static)
+               if s.name.startswith("primals") and not (s.host or s.parameter))
 
 
 def gradient_bytes(gm: fx.GraphModule, num_fwd_outputs: int) -> int:
@@ -251,11 +261,10 @@ def planned_use(timeline: Timeline, bwd: fx.GraphModule, static: list[int] | Non
     gradients its backward returns. Saved graph inputs (the activations an earlier graph
     handed on) are no part of its own timeline, which is above its inputs: the boundary
     counts them, so that it is never below what the graph holds."""
-    saved = [s for s in saved_tensors(bwd, static) if not (s.host or s.parameter)]
-    held = sum(s.nbytes for s in saved)
-    inputs = sum(s.nbytes for s in saved if s.name.startswith("primals"))
+    held = sum(s.nbytes for s in saved_tensors(bwd, static) if not (s.host or s.parameter))
     use = _timeline_use(timeline, held, gradient_bytes(bwd, 0))
-    return dataclasses.replace(use, boundary_bytes=use.boundary_bytes + inputs)
+    return dataclasses.replace(use, boundary_bytes=use.boundary_bytes
+                               + saved_input_bytes(bwd, static))
 
 
 def _step_error(err: InfeasibleBudgetError, share: Share) -> InfeasibleBudgetError:
@@ -281,13 +290,14 @@ def _step_error(err: InfeasibleBudgetError, share: Share) -> InfeasibleBudgetErr
 
 def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                static_lifetime_input_indices: list[int] | None,
-               default_peak_bytes: int | None, device_type: str | None = None,
-               share: ShareFn | None = None) -> Planned:
-    """Plans `gm` under `options`; `default_peak_bytes` (PyTorch's partition, predicted) is the
+               default_use: GraphUse | None, device_type: str | None = None,
+               share: ShareFn | None = None, saved_inputs: int = 0) -> Planned:
+    """Plans `gm` under `options`; `default_use` (PyTorch's partition, predicted) is the
     budget when the options give none. `device_type` plans the graph as if it ran there
     (`fxopt.explain` with a GPU profile on a machine without CUDA); default: where it runs.
     `share` gives the graph's part of the step's budget from its keep-everything use (default:
-    the graph is the whole step)."""
+    the graph is the whole step). `saved_inputs`: bytes of graph inputs the backward reads
+    (from PyTorch's partition), held by any partition."""
     stages: list[Stage] = []
     t0 = time.perf_counter()
     joint = GraphView.from_fx(gm, num_fwd_outputs=num_fwd_outputs,
@@ -302,8 +312,8 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
 
     t0 = time.perf_counter()
     share_fn = share or (lambda use, default: Step(options).share("graph", use, default))
-    keep = keep_use(built, baseline.memory, gradient_bytes(gm, num_fwd_outputs))
-    mine = share_fn(keep, default_peak_bytes)
+    keep = keep_use(built, baseline.memory, gradient_bytes(gm, num_fwd_outputs), saved_inputs)
+    mine = share_fn(keep, default_use)
     budget, strict = mine.budget_bytes, mine.strict
     solver_options = SolverOptions(time_limit_s=options.time_limit_s, allow_offload=offload,
                                    allow_lowbit=lowbit, offload_available=device.type == "cuda")
@@ -335,7 +345,7 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                                                                           "strict": False})
         what = f"budget {options.budget}" if options.budget is not None else \
             "PyTorch's default partition"
-        if mine.coupling.held_before:
+        if mine.coupling.held_before and options.budget is not None:
             what = (f"{what}, less the {format_bytes(mine.coupling.held_before)} that the "
                     "earlier graphs of the step hold,")
         then = (" (a size as budget makes this an error)" if not strict else "" if refused else

@@ -190,13 +190,15 @@ class Step:
         uses = [own if e.key == key else e.use for e in order] + self._tail()
         return couplings(uses)[[e.key for e in order].index(key)]
 
-    def share(self, key: str, keep: GraphUse, default_peak: int | None) -> Share:
-        """The budget graph `key` is planned against, its keep-everything use given."""
+    def share(self, key: str, keep: GraphUse, default: GraphUse | None) -> Share:
+        """The budget graph `key` is planned against, given what it holds keeping everything
+        and with PyTorch's partition (NOTE [Best-effort budgets] in fxopt/pipeline.py)."""
         with self._lock:
             self._entry(key).keep = keep
             coupling = self._coupling(key, keep)
             budget = self.options.budget
-            cap = min(keep.peak_bytes, default_peak or keep.peak_bytes)
+            cap = min(own_peak(keep, coupling),
+                      own_peak(default, coupling) if default else own_peak(keep, coupling))
             if budget is None:
                 return Share(cap, False, coupling, None)
             step_budget = self._step_budget()

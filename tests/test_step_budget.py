@@ -121,6 +121,17 @@ def test_fraction_never_raises_and_says_so_once(case, caplog):
     assert len(below) <= 1
 
 
+@pytest.mark.parametrize("case", ["graph_break", "fno_opt_einsum", "hf_gpt2"])
+def test_without_a_budget_never_above_pytorchs_partition(case):
+    step = explain(case)
+    assert not step.fallbacks
+    assert step.peak_bytes <= step.default_peak_bytes, (step.peak_bytes, step.default_peak_bytes)
+    for r in step.graphs:  # where PyTorch's partition is lower it is chosen, not fallen back to
+        if r.status == "DEFAULT_LOWER":
+            assert r.fallback_reason is None and r.plan is None
+            assert r.peak_bytes == r.default_peak_bytes
+
+
 def test_unreachable_absolute_budget_names_a_reachable_step_minimum():
     low = explain("graph_break", budget=0.01)
     with pytest.raises(InfeasibleBudgetError) as info:

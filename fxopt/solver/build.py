@@ -14,7 +14,7 @@ from fxopt.cost_models.fusion import FusionRules, Kernel, kernels_of
 from fxopt.cost_models.memory import Key, Step, simulate_steps, steps_of_partition
 from fxopt.cost_models.plan import keep_everything, split_joint
 from fxopt.cost_models.runtime import cast_seconds, kernel_seconds, transfer_seconds
-from fxopt.graph import GraphView
+from fxopt.graph import GraphView, OpKind, Side
 from fxopt.lowbit_rules import LowbitRules, SavedTensorFacts, decide
 from fxopt.solver.problem import Candidate, Problem, to_us
 
@@ -117,7 +117,7 @@ def build_problem(joint: GraphView, profile: DeviceProfile, *, host_is_device: b
         candidates.append(Candidate(
             name=name, bytes=nbytes, produced=s, last_fwd_use=max([s, *fwd_uses]),
             bwd_uses=bwd_uses, inputs=tuple(i for i in inputs if writer[keys[i]] < s),
-            recompute_us=to_us(kernel_seconds(fwd, kernel, profile)) if kernel else 0,
+            recompute_us=_recompute_us(joint, fwd, kernel, name, nbytes, profile),
             recomputable=unsafe is None and kernel is not None,
             must_recompute=unsafe is None and kernel is not None and node.must_recompute,
             lowbit_bytes=(numel + 4 * math.ceil(numel / LOWBIT_BLOCK)) if lowbit_ok else 0,
@@ -161,3 +161,21 @@ def build_problem(joint: GraphView, profile: DeviceProfile, *, host_is_device: b
                       anchors=tuple(anchors))
     return BuiltProblem(problem, tuple(st.name for st in steps), tuple(nodes), tuple(info))
 
+
+# NOTE [Pointwise recomputation fused into the backward]
+# A pointwise value recomputed for backward consumers that are themselves pointwise is not a
+# kernel of its own: Inductor inlines it into the backward kernel that reads it, which then
+# reads the value's inputs instead of the saved value. What it costs is the difference in
+# traffic (often nothing: one input of the same size), with no launch and no write. PyTorch's
+# own partitioner recomputes such values for free for the same reason; pricing them as a
+# standalone kernel made fxopt keep them, above PyTorch's peak at no gain in time.
+def _recompute_us(joint: GraphView, fwd: GraphView, kernel: Kernel | None, name: str,
+                  nbytes: int, profile: DeviceProfile) -> int:
+    if kernel is None:
+        return 0
+    consumers = [joint[u] for u in joint[name].users if u in joint.by_name]
+    bwd = [c for c in consumers if c.side is Side.BWD]
+    if kernel.kind is OpKind.POINTWISE and bwd and all(c.kind is OpKind.POINTWISE for c in bwd):
+        reads = sum(fwd.storage_bytes(r) for r in kernel.reads)
+        return to_us(max(reads - nbytes, 0) / profile.mem_bandwidth)
+    return to_us(kernel_seconds(fwd, kernel, profile))
