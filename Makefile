@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.fxopt-installed
 
-.PHONY: install demo test test-all bench bench-quick zoo clean
+.PHONY: install demo test test-all bench bench-quick zoo step-bench clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ bench-quick: $(STAMP)
 # fxopt on the third-party models of tests/zoo.py; e.g. make zoo ZOO_ARGS="--quick"
 zoo: $(STAMP)
 	$(PY) -m benchmarks.bench_zoo $(ZOO_ARGS)
+
+# measured step peak against step budgets (FNO, FNO with ten graphs, HF GPT-2)
+step-bench: $(STAMP)
+	$(PY) -m benchmarks.bench_step $(STEP_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

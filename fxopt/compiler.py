@@ -60,11 +60,11 @@ class StepGraph:
 
     def __init__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options,
                  step: Step, **compile_kwargs: Any) -> None:
-        from fxopt.partition import graph_key
+        from fxopt.partition import copy_graph, graph_key
 
         self.key = graph_key()
         self.options, self.step, self._kwargs = options, step, compile_kwargs
-        self._source = None if _symbolic(gm) else _copy_module(gm)
+        self._source = None if _symbolic(gm) else copy_graph(gm)
         self._compiled = _compile(gm, example_inputs, options, step, self.key, **compile_kwargs)
         self.recompiles = 0
         self._calls = 0
@@ -117,12 +117,15 @@ class StepGraph:
     def _replan(self, args: Sequence[Any]) -> None:
         if self._source is None:
             self.step.keep_plan(self.key)
-            log.warning("fxopt: %s has symbolic sizes and keeps its plan; the step may exceed "
-                        "its budget (give a larger budget or mark fewer dimensions dynamic)",
-                        self.key)
+            strict = self.options.budget is not None and self.options.budget.nbytes is not None
+            log.log(logging.WARNING if strict else logging.INFO,
+                    "fxopt: %s has symbolic sizes and keeps its plan; the step may exceed its "
+                    "budget (give a larger budget or mark fewer dimensions dynamic)", self.key)
             return
+        from fxopt.partition import copy_graph
+
         log.info("fxopt: re-planning %s for the step's budget", self.key)
-        self._compiled = _compile(_copy_module(self._source), args, self.options, self.step,
+        self._compiled = _compile(copy_graph(self._source), args, self.options, self.step,
                                   self.key, **self._kwargs)
         self.recompiles += 1
 
@@ -139,13 +142,6 @@ def unplanned_hint(reports: Sequence[Any]) -> str:
         hint += (f"; the largest tensor the graphs hand to eager code is {big.name} "
                  f"[{', '.join(big.shape)}] {big.dtype}, {format_bytes(big.nbytes)}")
     return hint
-
-
-def _copy_module(gm: fx.GraphModule) -> fx.GraphModule:
-    graph = fx.Graph()
-    out = graph.graph_copy(gm.graph, {})
-    graph.output(out)
-    return fx.GraphModule(gm, graph)
 
 
 class FxoptBackend:

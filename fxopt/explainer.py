@@ -12,7 +12,7 @@ import torch.nn as nn
 from fxopt.capture import LossFn, capture_step, fake_device
 from fxopt.config import DeviceProfile, Options
 from fxopt.dump import dump_report
-from fxopt.partition import PlanningError, graph_key, partition_joint
+from fxopt.partition import graph_key, partition_joint
 from fxopt.report import Report, StepReport
 from fxopt.step import MAX_REPLANS, Step
 
@@ -40,11 +40,8 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
 
     def plan(key: str) -> tuple[fx.GraphModule, fx.GraphModule]:
         gm, joint_inputs, kw = joints[key]
-        try:
-            fwd, bwd, report = partition_joint(gm, joint_inputs, opts, device_type=plan_on,
-                                               step=step, key=key, **kw)
-        except PlanningError as err:
-            raise err.cause from None
+        fwd, bwd, report = partition_joint(gm, joint_inputs, opts, device_type=plan_on,
+                                           step=step, key=key, **kw)
         found[key] = dataclasses.replace(report, source="explain")
         return fwd, bwd
 

@@ -78,9 +78,10 @@ class FxoptPartitioner(CustomPartitionerFn):
         try:
             fwd, bwd, report = partition_joint(gm, joint_inputs, self.options, step=self.step,
                                                key=self.key or graph_key(), **kwargs)
-        except PlanningError as err:  # the report stays inspectable; the error goes on
-            self._keep(err.report)
-            raise err.cause from None
+        except (InfeasibleBudgetError, OptionsError) as err:
+            if isinstance(getattr(err, "report", None), Report):
+                self._keep(err.report)  # the report stays inspectable; the error goes on
+            raise
         self._keep(report)
         return fwd, bwd
 
@@ -99,15 +100,7 @@ def graph_key() -> str:
     return "graph" if compile_id is None else f"frame {compile_id.frame_id}"
 
 
-class PlanningError(Exception):
-    """An error the user must act on, with the report of the graph it stopped."""
-
-    def __init__(self, cause: Exception, report: Report) -> None:
-        super().__init__(str(cause))
-        self.cause, self.report = cause, report
-
-
-def _copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
+def copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy with the same node names (PyTorch's partitioner rewrites the graph it is given)."""
     graph = fx.Graph()
     out = graph.graph_copy(gm.graph, {})
@@ -126,7 +119,7 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
     """Partitions one joint graph under `options`; returns both halves and the report.
     `device_type`: plan as if the graph ran on that device (see `plan_joint`). `step`, `key`:
     the step this graph belongs to and its name there (default: the graph is the whole step).
-    Errors the user must act on are raised as `PlanningError`, carrying the graph's report."""
+    Errors the user must act on propagate with the graph's report as their `report`."""
     start = time.perf_counter()
     step = step if step is not None else Step(options)
     num_fwd_outputs = kwargs["num_fwd_outputs"]
@@ -135,7 +128,7 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
         kwargs["static_lifetime_input_indices"] = static
     t0 = time.perf_counter()
     default_fwd, default_bwd = min_cut_rematerialization_partition(
-        _copy_graph(gm), joint_inputs, **kwargs)
+        copy_graph(gm), joint_inputs, **kwargs)
     stages = [Stage("PyTorch partition", time.perf_counter() - t0)]
     default_timeline = None
 
@@ -165,8 +158,9 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
                              share=lambda use, default: step.share(key, use, default),
                              saved_inputs=saved_input_bytes(default_bwd, static))
     except (InfeasibleBudgetError, OptionsError) as err:
-        raise PlanningError(err, unplanned("error", err, error=f"{type(err).__name__}: {err}",
-                                           problem=getattr(err, "problem", None))) from err
+        err.report = unplanned("error", err, error=f"{type(err).__name__}: {err}",
+                               problem=getattr(err, "problem", None))
+        raise
     except Exception as err:  # noqa: BLE001 - see NOTE [Fallback]; the cause is logged in full
         log.warning("fxopt: could not plan this graph (%s: %s); using PyTorch's default partition "
                     "for it", type(err).__name__, err, exc_info=True)
@@ -216,11 +210,13 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
                                             planned.timelines[1]),
         joint_graph=gm, problem=planned.built.problem, step_key=key,
         coupling=planned.share.coupling, step_budget_bytes=planned.share.step_budget_bytes,
-        plan_use=planned.use, default_use=default_use, keep_use=planned.keep_use, largest_output=_largest_output(planned.fwd, num_fwd_outputs))
+        plan_use=planned.use, default_use=default_use, keep_use=planned.keep_use,
+        largest_output=_largest_output(planned.fwd, num_fwd_outputs))
     if refused is not None and not step.defer_errors:
         refused.problem = planned.built.problem
-        raise PlanningError(refused, dataclasses.replace(
-            report, error=f"{type(refused).__name__}: {refused}"))
+        refused.report = dataclasses.replace(
+            report, error=f"{type(refused).__name__}: {refused}")
+        raise refused
     return planned.fwd, planned.bwd, report
 
 

@@ -26,7 +26,7 @@ from fxopt.tensor_meta import size_hint
 from fxopt.solver import (Candidate, Decision, InfeasibleBudgetError, Kind, NoPlanFoundError,
                           Plan, SolverOptions, keep_all, min_peak, simulate, solve)
 from fxopt.solver.build import BuiltProblem, build_problem
-from fxopt.step import Coupling, GraphUse, Share, Step, own_peak
+from fxopt.step import TOLERANCE, Coupling, GraphUse, Share, Step, own_peak
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,6 @@ def _reason(kind: Kind, info_unsafe: str | None, lowbit_rule: str) -> str:
             "(the copy overlaps compute where possible)")
 
 
-TOLERANCE = 0.05  # how far above an explicit budget the rewritten graphs may simulate
 
 
 # NOTE [Closing the loop on the rewritten graphs]

@@ -29,10 +29,15 @@ which is the order the forward first reaches them; the backward runs them in rev
 * A graph compiled again for the same frame (new shapes, a failed guard) replaces its entry and
   keeps its place: gradient accumulation and a model called on several batches add nothing.
   Several forwards of one graph before a single backward (a model called twice per step) hold
-  its saved tensors twice; a compile cannot see that, and the measured step shows it.
+  its saved tensors twice; a compile cannot see that, but the measured step does.
+* Once the plans settle, one real step is measured (NOTE [Measuring the step in training] in
+  fxopt/runtime/meter.py). What it held above the prediction (eager code between or after the
+  graphs, such as a loss on a large output) counts from then on as one more graph at the end
+  of the step, and under a size the graphs that no longer fit are planned once more.
 * A fraction is a fraction of the step's keep-everything peak (the same sum, every graph
   keeping everything), best effort; a size is a promise: when even re-planned earlier graphs
-  leave a graph no room, the compile fails and names the smallest step peak found.
+  leave a graph no room, the compile fails and names the step's peak with every graph at its
+  lowest plan beside the others, which a budget of that size then gets.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from typing import Any
 from fxopt.config import Options
 
 MAX_REPLANS = 2
-TOLERANCE = 0.05  # as in pipeline.py: how far a plan may simulate above an explicit budget
+TOLERANCE = 0.05  # how far a plan may simulate above a size the user gave
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,9 @@ def assert_all_planned(reports: list[Report]) -> None:
     assert reports, "no training graph reached fxopt"
     fallbacks = [(r.strategy, r.fallback_reason) for r in reports if r.fallback_reason]
     assert not fallbacks, fallbacks
-    assert all(r.strategy == "fxopt plan" and r.plan is not None for r in reports)
+    # fxopt's plan, or PyTorch's partition where that peaks lower (a choice, not a fallback)
+    assert all((r.strategy == "fxopt plan" and r.plan is not None) or r.status == "DEFAULT_LOWER"
+               for r in reports), [(r.strategy, r.status) for r in reports]
 
 
 DETERMINISTIC = [name for name, case in zoo.ZOO.items() if case.deterministic]
