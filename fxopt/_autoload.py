@@ -7,13 +7,14 @@ before importing anything, and any failure becomes a warning.
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 
 
 def activate() -> None:
-    if os.environ.get("FXOPT", "").strip() in ("", "0"):
+    from fxopt.config import env_requested
+
+    if not env_requested():
         return
     # A failure here must not break `import torch` for an unrelated script: report it instead.
     try:

@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -235,6 +236,27 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "FXOPT_DEBUG": ("debug", parse_flag),
     "FXOPT_DUMP_DIR": ("dump_dir", str),
 }
+
+
+CACHE_ENV = "FXOPT_CACHE_DIR"
+
+
+def cache_root() -> Path:
+    """`$FXOPT_CACHE_DIR`, else `~/.cache/fxopt`: plans live in its `plans` folder, the CPU
+    calibration (cost_models/device.py) in `device`."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/fxopt").expanduser()
+
+
+def malloc_returns_memory() -> bool:
+    """Whether glibc was told, at process start, to return every large freed block at once
+    (`MALLOC_MMAP_THRESHOLD_`), so that the resident set follows the live tensors."""
+    return "MALLOC_MMAP_THRESHOLD_" in os.environ
+
+
+def env_requested() -> bool:
+    """Whether FXOPT is set to anything but empty or 0 (cheap: read while `import torch` runs;
+    `env_enabled` validates the value)."""
+    return os.environ.get("FXOPT", "").strip() not in ("", "0")
 
 
 def env_enabled(environ: Mapping[str, str] | None = None) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from fxopt.passes.meta import Inserted, inserted_by
+from fxopt.plan import Inserted, inserted_by
 
 # Short dtype names, as in PyTorch's `print_readable` (f32[8, 64]).
 _DTYPE_ABBR = {

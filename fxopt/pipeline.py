@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
-from fxopt.config import Options, format_bytes
+from fxopt.config import Options, cache_root, format_bytes
 from fxopt.cost_models.device import get_profile
 from fxopt.cost_models.memory import simulate_partition
 from fxopt.graph import GraphView, Side
@@ -25,7 +25,7 @@ from fxopt.report import SavedTensor, Stage, TensorRow, Timeline
 from fxopt.tensor_meta import size_hint
 from fxopt.solver import (Candidate, Decision, InfeasibleBudgetError, Kind, NoPlanFoundError,
                           Plan, SolverOptions, keep_all, min_peak, simulate, solve)
-from fxopt.solver.build import BuiltProblem, build_problem
+from fxopt.problem_builder import BuiltProblem, build_problem
 from fxopt.step import TOLERANCE, Coupling, GraphUse, Share, Step, own_peak
 
 
@@ -147,7 +147,7 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
     gaps = [0] * problem.num_steps
     for _ in range(4):
         try:
-            plan = solve(problem, budget, solver_options)
+            plan = solve(problem, budget, solver_options, cache_dir=cache_root() / "plans")
         except InfeasibleBudgetError as err:
             if best is None:
                 raise

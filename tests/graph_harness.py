@@ -11,7 +11,7 @@ import torch.fx as fx
 from torch._dynamo.backends.common import aot_autograd
 from torch._functorch._aot_autograd.utils import make_boxed_func
 
-from fxopt.solver.plan import Decision, Kind, Plan
+from fxopt.plan import Decision, Kind, Plan
 
 PartitionFn = Callable[..., tuple[fx.GraphModule, fx.GraphModule]]
 

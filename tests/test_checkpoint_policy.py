@@ -11,7 +11,7 @@ from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
                                     create_selective_checkpoint_contexts)
 
 import fxopt
-from fxopt.solver.plan import Kind
+from fxopt.plan import Kind
 
 aten = torch.ops.aten
 

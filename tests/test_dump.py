@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from fxopt.dump import dump_report
-from fxopt.solver.plan import Plan
+from fxopt.plan import Plan
 from fxopt.solver.problem import Problem
 from tests.test_report_render import sample_report
 

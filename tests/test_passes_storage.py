@@ -8,7 +8,7 @@ import torch.fx as fx
 
 from fxopt.passes import apply_plan, inserted_by
 from fxopt.passes.split import forward_side
-from fxopt.solver.plan import Decision, Kind
+from fxopt.plan import Decision, Kind
 from tests.graph_harness import fx_backend, test_plan
 from tests.test_passes_recompute import MODELS, forward_candidates
 from tests.training import assert_step_matches, step, twin

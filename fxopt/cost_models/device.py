@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fxopt.solver.cache import cache_root
+from fxopt.config import cache_root
 
 __all__ = ["DeviceProfile", "get_profile", "calibrate_cpu", "PROFILES"]
 

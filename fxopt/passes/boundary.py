@@ -16,7 +16,8 @@ import torch
 import torch.fx as fx
 from torch._functorch._aot_autograd.descriptors import SavedForBackwardsAOTOutput
 
-from fxopt.passes.meta import PlanApplyError, tag
+from fxopt.passes.meta import PlanApplyError
+from fxopt.plan import tag
 
 SAVED_AS = "fxopt_saved_as"  # backward placeholder -> name of the forward value it receives
 

@@ -7,7 +7,7 @@ import torch.fx as fx
 
 import fxopt.runtime.offload  # noqa: F401 - registers torch.ops.fxopt.offload / prefetch / wait_
 from fxopt.passes.boundary import call, replace_saved
-from fxopt.passes.meta import tag
+from fxopt.plan import tag
 
 
 def apply_offload(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, num_fwd_outputs: int,
@@ -41,7 +41,7 @@ def apply_offload(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, num_fwd_o
 
 
 def _host_name(bwd: fx.GraphModule, name: str) -> str:
-    from fxopt.passes.meta import inserted_by
+    from fxopt.plan import inserted_by
 
     return next(n.name for n in bwd.graph.find_nodes(op="placeholder")
                 if (info := inserted_by(n)) is not None and info.tensor == name

@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping
 
 import torch.fx as fx
 
-from fxopt.passes.meta import tag
+from fxopt.plan import tag
 
 
 # NOTE [Recompute placement]

@@ -14,7 +14,7 @@ import torch.fx as fx
 
 from fxopt.cost_models.fusion import addmm_fusions, moves_matmul
 from fxopt.graph import GraphView
-from fxopt.passes.meta import tag
+from fxopt.plan import tag
 
 
 def keep_matmuls_in_place(gm: fx.GraphModule) -> int:

@@ -23,12 +23,14 @@ from typing import Any
 
 import torch
 
+from fxopt.config import malloc_returns_memory
+
 CPU_NEEDS = "MALLOC_MMAP_THRESHOLD_"
 
 
 def cpu_unmeasurable_reason() -> str | None:
     """Why the CPU step cannot be measured here (None: it can)."""
-    if CPU_NEEDS not in os.environ:
+    if not malloc_returns_memory():
         return (f"CPU peaks are measured only in a process started with {CPU_NEEDS}=65536 "
                 "(freed memory otherwise stays resident)")
     if not os.access("/proc/self/clear_refs", os.W_OK):

@@ -3,7 +3,6 @@ second run of the same script does not solve again."""
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import os
 import tempfile
@@ -11,26 +10,11 @@ from pathlib import Path
 
 from fxopt.solver.errors import InvalidPlanError
 from fxopt.solver.options import SolverOptions
-from fxopt.solver.plan import Plan
+from fxopt.plan import Plan
 from fxopt.solver.problem import Problem
 from fxopt.solver.validate import validate
 
-CACHE_ENV = "FXOPT_CACHE_DIR"
 _FORMAT = "fxopt-plan-v1"
-
-
-def cache_root() -> Path:
-    """`$FXOPT_CACHE_DIR`, else `~/.cache/fxopt`: plans live in its `plans` folder, the CPU
-    calibration (cost_models/device.py) in `device`."""
-    return Path(os.environ.get(CACHE_ENV) or "~/.cache/fxopt").expanduser()
-
-
-class DefaultDir(enum.Enum):
-    DIR = "default"
-
-
-# solve()'s default cache_dir: cache_root() / "plans", read when solve() runs.
-DEFAULT_CACHE_DIR = DefaultDir.DIR
 
 
 def cache_key(problem: Problem, options: SolverOptions, budget_bytes: int) -> str:
@@ -43,9 +27,8 @@ class PlanCache:
     temporary file in the same directory and are renamed into place, so readers never see a
     partial file and concurrent writers (ranks) leave one complete plan."""
 
-    def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self.directory = Path(directory).expanduser() if directory is not None \
-            else cache_root() / "plans"
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = Path(directory).expanduser()
 
     def path(self, key: str) -> Path:
         return self.directory / f"{key}.json"

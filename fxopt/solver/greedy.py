@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from fxopt.solver.errors import InvalidPlanError
 from fxopt.solver.options import SolverOptions
-from fxopt.solver.plan import Decision, Kind
+from fxopt.plan import Decision, Kind
 from fxopt.solver.problem import Candidate, Problem
 from fxopt.solver.validate import (Simulation, bytes_at, canonical, d2h_window, demands,
                                    h2d_exposed, prefetch_points, simulate)

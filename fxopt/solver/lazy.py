@@ -11,7 +11,7 @@ from ortools.sat.python import cp_model
 
 from fxopt.solver.cpsat import DETERMINISTIC_SHARE, Model, add_rows, build, decode, hint, parameters
 from fxopt.solver.options import SolverOptions
-from fxopt.solver.plan import Decision
+from fxopt.plan import Decision
 from fxopt.solver.problem import Problem
 from fxopt.solver.validate import Simulation, simulate
 

@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-LOWBIT_FORMATS = ("fp8", "int8")
+from fxopt.plan import LOWBIT_FORMATS
 
 
 @dataclass(frozen=True)

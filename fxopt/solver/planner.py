@@ -6,12 +6,12 @@ import os
 import time
 from collections.abc import Sequence
 
-from fxopt.solver.cache import DEFAULT_CACHE_DIR, PlanCache, DefaultDir, cache_key
+from fxopt.solver.cache import PlanCache, cache_key
 from fxopt.solver.lazy import solve_lazy
 from fxopt.solver.errors import InfeasibleBudgetError, NoPlanFoundError
 from fxopt.solver.greedy import greedy
 from fxopt.solver.options import SolverOptions
-from fxopt.solver.plan import Decision, Plan
+from fxopt.plan import Decision, Plan
 from fxopt.solver.problem import Problem, budget_bytes
 from fxopt.solver.validate import Simulation, keep_all, simulate, validate
 
@@ -82,19 +82,18 @@ def _infeasible(problem: Problem, opts: SolverOptions, budget: int, baseline: in
 
 
 def solve(problem: Problem, budget: float | int, options: SolverOptions | None = None,
-          cache_dir: str | os.PathLike[str] | DefaultDir | None = DEFAULT_CACHE_DIR) -> Plan:
+          cache_dir: str | os.PathLike[str] | None = None) -> Plan:
     """Plan `problem` under `budget` (a float fraction of the keep-everything peak, or int
-    bytes). The on-disk cache is `cache_dir`, by default `$FXOPT_CACHE_DIR/plans` (else
-    `~/.cache/fxopt/plans`); None disables it. Raises InfeasibleBudgetError when no plan fits
-    and NoPlanFoundError when the time limit ends before any plan fits."""
+    bytes). `cache_dir`: an on-disk plan cache (the pipeline passes `fxopt.config.cache_root()
+    / "plans"`); None: none. Raises InfeasibleBudgetError when no plan fits and
+    NoPlanFoundError when the time limit ends before any plan fits."""
     opts = options or SolverOptions()
     t0 = time.monotonic()
     deadline = t0 + opts.time_limit_s
     base_dec = keep_all(problem)
     base = simulate(problem, base_dec)
     budget_b = budget_bytes(budget, base.peak_bytes)
-    cache = None if cache_dir is None else \
-        PlanCache(None if cache_dir is DEFAULT_CACHE_DIR else cache_dir)
+    cache = None if cache_dir is None else PlanCache(cache_dir)
     key = cache_key(problem, opts, budget_b)
     if cache is not None and (hit := cache.load(key, problem)) is not None:
         return hit

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fxopt.solver.errors import InvalidPlanError
 from fxopt.solver.options import LOWBIT_FORMATS
-from fxopt.solver.plan import Decision, Kind, Plan
+from fxopt.plan import Decision, Kind, Plan
 from fxopt.solver.problem import Candidate, Problem
 
 # NOTE [Decision semantics]

@@ -15,10 +15,10 @@ from fxopt.cost_models.memory import Key, Step, simulate_steps, steps_of_partiti
 from fxopt.cost_models.plan import keep_everything, split_joint
 from fxopt.cost_models.runtime import cast_seconds, kernel_seconds, transfer_seconds
 from fxopt.graph import GraphView, OpKind, Side
+from fxopt.plan import LOWBIT_BLOCK
 from fxopt.lowbit_rules import LowbitRules, SavedTensorFacts, decide
 from fxopt.solver.problem import Candidate, Problem, to_us
 
-LOWBIT_BLOCK = 128  # elements per fp32 scale (the low-bit pass stores block scales)
 
 
 @dataclass(frozen=True)

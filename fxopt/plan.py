@@ -1,4 +1,8 @@
-"""The planner's answer: a frozen, JSON-serialisable `Plan` of per-tensor `Decision`s."""
+"""The plan and its vocabulary: plain data on the ground floor, shared by the solver (which
+produces a `Plan`), the passes (which apply it and tag what they insert) and the report.
+
+Nothing here imports torch or any other fxopt module.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,10 @@ import enum
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+LOWBIT_FORMATS = ("fp8", "int8")  # the storage formats of a low-bit saved tensor
+LOWBIT_BLOCK = 128  # elements per fp32 scale in a low-bit tensor stored by blocks
 
 
 class Kind(str, enum.Enum):
@@ -106,3 +114,27 @@ class Plan:
 
     def with_(self, **changes: object) -> Plan:
         return replace(self, **changes)
+
+
+# ---- provenance of the nodes the passes insert --------------------------------------------------
+
+META_KEY = "fxopt"  # node.meta key of an inserted node's `Inserted`
+
+
+@dataclass(frozen=True)
+class Inserted:
+    """Which pass put this node here, and for which planned tensor and decision."""
+
+    pass_name: str  # "recompute", "lowbit", "offload", "schedule"
+    tensor: str  # name of the planned tensor in the joint graph
+    decision: str  # the plan's decision kind ("recompute", "lowbit", ...)
+
+
+def tag(node: Any, pass_name: str, tensor: str, decision: str) -> None:
+    """Marks an FX node (anything with a `.meta` dict) as inserted by a pass."""
+    node.meta[META_KEY] = Inserted(pass_name, tensor, decision)
+
+
+def inserted_by(node: Any) -> Inserted | None:
+    value = node.meta.get(META_KEY)
+    return value if isinstance(value, Inserted) else None
