@@ -2,7 +2,7 @@
 
 For each example model (GPT, FNO, CNN) at two sizes and two partitions (PyTorch's default
 for Inductor, ``min_cut``, and save-everything, ``default``), one fresh subprocess compiles the
-step, measures its peak (``fxopt.measure``) and its step time, and times every op of the
+step, measures its peak (``benchmarks.measure``) and its step time, and times every op of the
 forward and backward graphs eagerly.  This process then predicts the peak from the captured
 graphs (``simulate_partition``, and ``simulate_plan`` from the joint graph plus the saved set)
 and the step time from a CPU profile calibrated with one thread, and prints the table and the
@@ -71,7 +71,7 @@ def cnn_case(width: int, image_size: int, batch: int):
 @dataclass(frozen=True)
 class Case:
     name: str
-    builder: str  # "module:function" for fxopt.measure.measure_in_subprocess
+    builder: str  # "module:function" for benchmarks.measure.measure_in_subprocess
     kwargs: dict[str, int]
     slow: bool = False  # left out of the default test run, always in the benchmark
 
@@ -106,9 +106,9 @@ class Row:
 
 def run_case(case: Case, partition: str, with_op_times: bool = False):
     """Measure one case in a subprocess; return the measurement and the predicted timelines."""
+    from benchmarks.measure import measure_in_subprocess
     from fxopt.cost_models.memory import simulate_partition, simulate_plan
     from fxopt.cost_models.plan import saved_names
-    from fxopt.measure import measure_in_subprocess
 
     m = measure_in_subprocess(case.builder, case.kwargs, partitioner=partition,
                               with_op_times=with_op_times)
@@ -119,10 +119,11 @@ def run_case(case: Case, partition: str, with_op_times: bool = False):
 
 
 def main(names: list[str]) -> None:
+    from benchmarks.measure import spearman
     from fxopt.cost_models.device import calibrate_cpu
     from fxopt.cost_models.fusion import FusionRules
     from fxopt.cost_models.memory import simulate_partition
-    from fxopt.cost_models.runtime import graph_seconds, per_node_seconds, spearman
+    from fxopt.cost_models.runtime import graph_seconds, per_node_seconds
 
     profile = calibrate_cpu(threads=1)
     print(f"CPU profile (1 thread): {profile.peak_flops('float32') / 1e9:.1f} GFLOP/s, "

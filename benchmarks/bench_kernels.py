@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-import fxopt.kernels  # noqa: F401  (registers torch.ops.fxopt.*)
-from fxopt.kernels.reference import group_shape
+import fxopt.ops  # noqa: F401  (registers torch.ops.fxopt.*)
+from fxopt.ops.reference import group_shape
 
 # Datasheet HBM bandwidth in GB/s (NVIDIA H100 / H200 / A100 product pages and datasheets:
 # H100 SXM5 80GB 3.35 TB/s, H100 PCIe 2.0 TB/s, H200 SXM 4.8 TB/s, A100 SXM 80GB 2.039 TB/s).
@@ -111,7 +111,6 @@ def bench(device: str, numels: list[int], cols: int, dtype: torch.dtype, repeat:
                         "frac_of_clone": round(gbps / clone_gbps, 3),
                         "frac_of_peak": round(gbps / peak, 3) if peak else "",
                     })
-        del x
     return rows
 
 

@@ -2,9 +2,10 @@
 ``activation_memory_budget`` and per-block ``torch.utils.checkpoint``.
 
 Every configuration runs in a fresh Python process (``--run '<json>'``) started with
-``fxopt.measure.MEASURE_ENV`` (glibc ``mmap`` threshold for an exact RSS peak, one thread, no
+``benchmarks.measure.MEASURE_ENV`` (glibc ``mmap`` threshold for an exact RSS peak, one thread, no
 FX-graph / AOTAutograd cache so the partitioner really runs).  The child compiles one training
-step (forward + loss + backward, no optimizer), measures its peak (``fxopt.measure.measure_step``),
+step (forward + loss + backward, no optimizer), measures its peak
+(``benchmarks.measure.measure_step``),
 the median step time, the compile time (wall time of the first step) and fxopt's solve time,
 and compares every parameter gradient with an eager copy of the model.  This process collects
 the records, writes ``benchmarks/results/pareto_<device>.csv``, ``MACHINE.md`` and the plot.
@@ -219,7 +220,8 @@ def _grad_error(base: Any, grads: dict[str, Any], cfg: Config, args: tuple[Any, 
             if (r is None) != (g is None):
                 return float("inf")
             continue
-        worst = max(worst, float((g.float() - r.float()).norm() / r.float().norm().clamp_min(1e-30)))
+        rel = (g.float() - r.float()).norm() / r.float().norm().clamp_min(1e-30)
+        worst = max(worst, float(rel))
     return worst
 
 
@@ -228,7 +230,7 @@ def run_config(cfg: Config) -> Record:
     import torch
 
     import fxopt
-    from fxopt.measure import measure_step
+    from benchmarks.measure import measure_step
 
     torch.set_num_threads(1)
     base, loss_module, args = _build(cfg)
@@ -285,7 +287,8 @@ def run_config(cfg: Config) -> Record:
             baseline_peak_bytes=max((r.baseline_peak_bytes or 0) for r in reports) or None)
     exact = cfg.lowbit is None
     return Record(**common, status="ok", peak_bytes=m.peak_bytes,
-                  step_s=times[len(times) // 2], step_min_s=times[0], compile_s=compile_s, grad_rel_err=err,
+                  step_s=times[len(times) // 2], step_min_s=times[0], compile_s=compile_s,
+                  grad_rel_err=err,
                   grad_ok=(err <= GRAD_TOL) if exact else None, graphs=len(reports),
                   trace=trace, extra={"strategies": [r.strategy for r in reports],
                                       "status": [r.status for r in reports],
@@ -314,7 +317,7 @@ def _trace(cfg: Config, step: Any, zero: Any) -> str:
 # ---- parent: the sweep ------------------------------------------------------------------------
 
 def run_in_subprocess(cfg: Config, timeout_s: float = 900) -> Record:
-    from fxopt.measure import MEASURE_ENV
+    from benchmarks.measure import MEASURE_ENV
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "record.json")

@@ -64,9 +64,10 @@ class Traced:
 
 def with_joint(model: nn.Module, inputs: tuple[Any, ...], fn: JointFn) -> Traced:
     """Traces the training step as `fxopt.explain` does and calls `fn` on its joint graph."""
-    from fxopt.partition import _copy_graph
-    from fxopt.capture import capture_step, fake_device
     from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    from fxopt.capture import capture_step, fake_device
+    from fxopt.partition import copy_graph
 
     hook_s = 0.0
 
@@ -75,7 +76,7 @@ def with_joint(model: nn.Module, inputs: tuple[Any, ...], fn: JointFn) -> Traced
         nonlocal hook_s
         t0 = time.perf_counter()
         fn(gm, joint_inputs, kwargs)
-        out = min_cut_rematerialization_partition(_copy_graph(gm), joint_inputs, **kwargs)
+        out = min_cut_rematerialization_partition(copy_graph(gm), joint_inputs, **kwargs)
         hook_s += time.perf_counter() - t0
         return out
 
@@ -89,11 +90,11 @@ def plan_copy(gm: fx.GraphModule, joint_inputs: Any, kwargs: dict[str, Any], bud
               time_limit_s: float) -> tuple[Any, float]:
     """(fxopt's Report for `budget`, wall seconds of partition_joint) on a copy of `gm`."""
     from fxopt.config import Options
-    from fxopt.partition import _copy_graph, partition_joint
+    from fxopt.partition import copy_graph, partition_joint
 
     opts = Options(budget=budget, device=PROFILE, time_limit_s=time_limit_s)
     t0 = time.perf_counter()
-    _, _, report = partition_joint(_copy_graph(gm), joint_inputs, opts, **kwargs)
+    _, _, report = partition_joint(copy_graph(gm), joint_inputs, opts, **kwargs)
     return report, time.perf_counter() - t0
 
 
@@ -215,11 +216,12 @@ def true_peak(fwd: fx.GraphModule, bwd: fx.GraphModule) -> int:
 
 def run_knapsack(name: str, model: nn.Module, inputs: tuple[Any, ...], time_limit_s: float
                  ) -> list[dict]:
-    from fxopt.graph import GraphView, OpKind, Side
-    from fxopt.partition import _copy_graph
-    from fxopt.solver import InfeasibleBudgetError
     from torch._functorch import config as functorch_config
     from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    from fxopt.graph import GraphView, OpKind, Side
+    from fxopt.partition import copy_graph
+    from fxopt.solver import InfeasibleBudgetError
 
     rows: list[dict] = []
 
@@ -229,7 +231,7 @@ def run_knapsack(name: str, model: nn.Module, inputs: tuple[Any, ...], time_limi
                      if n.side is Side.FWD and n.kind is not OpKind.PLACEHOLDER}
         for f in KNAPSACK_BUDGETS:
             with functorch_config.patch(activation_memory_budget=f):
-                fwd, bwd = min_cut_rematerialization_partition(_copy_graph(gm), joint_inputs,
+                fwd, bwd = min_cut_rematerialization_partition(copy_graph(gm), joint_inputs,
                                                                **kwargs)
             peak = true_peak(fwd, bwd)
             row: dict[str, object] = {

@@ -16,10 +16,16 @@ import time
 from pathlib import Path
 
 from benchmarks.csv_out import write_csv
-
-from fxopt.solver import InfeasibleBudgetError, SolverOptions, baseline_peak, greedy, simulate, solve
+from benchmarks.synthetic import GPTShape, gpt_problem
+from fxopt.solver import (
+    InfeasibleBudgetError,
+    SolverOptions,
+    baseline_peak,
+    greedy,
+    simulate,
+    solve,
+)
 from fxopt.solver.problem import budget_bytes
-from fxopt.solver.synthetic import GPTShape, gpt_problem
 
 RESULTS = Path(__file__).parent / "results" / "solver.csv"
 GIB = 2**30

@@ -7,14 +7,14 @@ keep-everything), one row:
 * the budget in bytes (a fraction: of the step's keep-everything peak, from ``fxopt.explain``);
 * fxopt's predicted step peak after the step settled (``backend.step_report()``): every graph on
   top of what the others hold, and the memory outside the graphs once it was measured;
-* the measured peak of one step after warm-up (``fxopt.measure.measure_step``: RSS high-water
+* the measured peak of one step after warm-up (``benchmarks.measure.measure_step``: RSS high-water
   mark with glibc returning freed blocks, one thread) and measured / budget (target <= 1.05);
 * what fxopt measured outside the graphs (the eager loss on the model's output) and how many
   graphs were recompiled for the step's budget;
 * plain ``torch.compile`` measured the same way, and fxopt without a budget (row "none"), which
   must measure no higher (+2%).
 
-Every run is a fresh process (``--child``) started with ``fxopt.measure.MEASURE_ENV``. Run from
+Every run is a fresh process (``--child``) started with ``benchmarks.measure.MEASURE_ENV``. Run from
 the repository root::
 
     python -m benchmarks.bench_step            # fno, fno_opt_einsum, hf_gpt2
@@ -83,7 +83,7 @@ def child_measure(job: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     import fxopt
-    from fxopt.measure import measure_step
+    from benchmarks.measure import measure_step
     from tests.zoo import forward_loss
 
     logging.getLogger("fxopt").setLevel(logging.ERROR)
@@ -128,7 +128,7 @@ def _child_main(arg: str) -> None:
 
 
 def run_child(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    from fxopt.measure import MEASURE_ENV
+    from benchmarks.measure import MEASURE_ENV
 
     with tempfile.TemporaryDirectory() as tmp:
         job = dict(job, out=os.path.join(tmp, "result.json"))

@@ -10,7 +10,8 @@ For every case one row:
   fxopt at budget 0.5 and fxopt at the smallest reachable budget (a fraction of 0.01, below
   reach, plans the smallest reachable peak);
 * measured peak of one training step (forward + loss + backward, gradients starting as None;
-  ``fxopt.measure.measure_step``) and the median and fastest of ``--steps`` timed steps for plain
+  ``benchmarks.measure.measure_step``) and the median and fastest of ``--steps`` timed steps for
+  plain
   ``torch.compile`` (Inductor), fxopt with no budget and fxopt at 0.5;
 * predicted / measured for fxopt at 0.5 (the cost model's accuracy on real models; target within
   5%), and the same for PyTorch's default partition against plain ``torch.compile``.
@@ -21,7 +22,8 @@ step: the graph that is explained and compiled is the one every measured step ru
 Dynamo builds after the first step are still counted (``recompiles``).
 
 Every explain and every measurement runs in a fresh Python process (``--child '<json>'``) started
-with ``fxopt.measure.MEASURE_ENV`` (glibc ``mmap`` threshold so the RSS peak is exact, one thread,
+with ``benchmarks.measure.MEASURE_ENV`` (glibc ``mmap`` threshold so the RSS peak is exact, one
+thread,
 no FX-graph / AOTAutograd cache) and a timeout; a failing part leaves its error in the row and
 the benchmark goes on.  Results: ``benchmarks/results/zoo_<device>.csv`` and ``.md``.
 
@@ -96,7 +98,7 @@ def _report_row(r: Any) -> dict[str, Any]:
 
 def _step_peaks(reports: Any, graph_count: int) -> dict[str, int | None]:
     """Predicted step peaks of a list of Reports, as fxopt.explain's StepReport adds them."""
-    from fxopt.report import StepReport
+    from fxopt.report.model import StepReport
 
     step = StepReport(tuple(reports), graph_count, 0.0)
     return {"peak": step.peak_bytes, "keep": step.baseline_peak_bytes,
@@ -143,7 +145,7 @@ def child_measure(job: dict[str, Any]) -> dict[str, Any]:
     from torch._dynamo.utils import counters
 
     import fxopt
-    from fxopt.measure import measure_step
+    from benchmarks.measure import measure_step
     from tests.zoo import forward_loss, mark_dynamic_batch
 
     torch.set_num_threads(1)
@@ -220,7 +222,7 @@ def _child_main(arg: str) -> None:
 
 def run_child(job: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], float]:
     """Runs one job in a fresh process; (its result or {"error": ...}, wall seconds)."""
-    from fxopt.measure import MEASURE_ENV
+    from benchmarks.measure import MEASURE_ENV
 
     with tempfile.TemporaryDirectory() as tmp:
         job = dict(job, out=os.path.join(tmp, "result.json"))

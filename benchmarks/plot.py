@@ -72,7 +72,7 @@ def machine_text(device: str, mode: str) -> str:
             f"{platform.system()} {platform.release()}\n"
             f"- benchmark mode: {mode}; one thread per child process "
             f"(torch.set_num_threads(1)), peak = RSS high-water mark above the RSS before the "
-            f"step (fxopt.measure)\n")
+            f"step (benchmarks.measure)\n")
 
 
 def pareto_verdict(records: Sequence[Any], model: str, stat: str = "step_s") -> list[str]:

@@ -20,9 +20,9 @@ if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
 import torch  # noqa: E402
 
 import fxopt  # noqa: E402
+from benchmarks.measure import measure_step  # noqa: E402
 from examples.gpt import GPT, GPTConfig, synthetic_batch  # noqa: E402
 from fxopt.config import format_bytes  # noqa: E402
-from fxopt.measure import measure_step  # noqa: E402
 
 
 def run(label: str, backend: object, cfg: GPTConfig, batch: int, steps: int) -> dict:
@@ -49,7 +49,8 @@ def run(label: str, backend: object, cfg: GPTConfig, batch: int, steps: int) -> 
     peak = measure_step(lambda: compiled(idx, targets).backward(),
                         lambda: opt.zero_grad(set_to_none=True), warmup=1)
     times.sort()
-    print(f"{label:>16}: compile {compile_s:5.1f} s, median step {times[len(times) // 2] * 1e3:7.1f}"
+    median = times[len(times) // 2] * 1e3
+    print(f"{label:>16}: compile {compile_s:5.1f} s, median step {median:7.1f}"
           f" ms, loss {losses[0]:.3f} -> {losses[-1]:.3f}, measured peak "
           f"{format_bytes(peak.peak_bytes)}")
     return {"peak": peak.peak_bytes}

@@ -1,4 +1,5 @@
-"""Train the example GPT on a synthetic next-token task: python -m examples.train_gpt --budget 0.5"""
+"""Train the example GPT on a synthetic next-token task:
+python -m examples.train_gpt --budget 0.5"""
 
 from __future__ import annotations
 

@@ -20,23 +20,23 @@ _EXPORTS = {
     "backend": "fxopt.compiler",
     "explain": "fxopt.explainer",
     "FxoptBackend": "fxopt.compiler",
-    "Report": "fxopt.report",
-    "reports": "fxopt.records",
-    "last_report": "fxopt.records",
-    "clear_reports": "fxopt.records",
-    "step_report": "fxopt.records",
-    "StepReport": "fxopt.report",
+    "Report": "fxopt.report.model",
+    "reports": "fxopt.report.records",
+    "last_report": "fxopt.report.records",
+    "clear_reports": "fxopt.report.records",
+    "step_report": "fxopt.report.records",
+    "StepReport": "fxopt.report.model",
 }
 
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
-if TYPE_CHECKING:
-    from fxopt.compiler import FxoptBackend, backend
-    from fxopt.config import Budget, DeviceProfile, LowBit, Options, OptionsError
-    from fxopt.explainer import explain
-    from fxopt.records import clear_reports, last_report, reports, step_report
-    from fxopt.report import Report, StepReport
+if TYPE_CHECKING:  # the lazy names above, for type checkers
+    from fxopt.compiler import FxoptBackend, backend  # noqa: F401
+    from fxopt.config import Budget, DeviceProfile, LowBit, Options, OptionsError  # noqa: F401
+    from fxopt.explainer import explain  # noqa: F401
+    from fxopt.report.model import Report, StepReport  # noqa: F401
+    from fxopt.report.records import clear_reports, last_report, reports, step_report  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

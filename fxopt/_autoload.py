@@ -39,7 +39,7 @@ def _install() -> None:
 
     from fxopt.config import Options, OptionsError, env_enabled
     from fxopt.env_partitioner import InvalidEnvironmentPartitioner
-    from fxopt.partition import FxoptPartitioner
+    from fxopt.hook import FxoptPartitioner
 
     partitioner: FxoptPartitioner | InvalidEnvironmentPartitioner
     try:

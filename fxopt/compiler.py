@@ -22,7 +22,7 @@ def _compile(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options
              **compile_kwargs: Any) -> CompiledFn:
     from torch._inductor.compile_fx import compile_fx
 
-    from fxopt.partition import FxoptPartitioner
+    from fxopt.hook import FxoptPartitioner
 
     # compile_fx runs AOTAutograd with Inductor's decompositions and joint-graph passes, then
     # calls the custom partitioner on the joint graph and compiles both halves with Inductor.
@@ -60,7 +60,8 @@ class StepGraph:
 
     def __init__(self, gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options,
                  step: Step, **compile_kwargs: Any) -> None:
-        from fxopt.partition import copy_graph, graph_key
+        from fxopt.hook import graph_key
+        from fxopt.partition import copy_graph
 
         self.key = graph_key()
         self.options, self.step, self._kwargs = options, step, compile_kwargs
@@ -83,7 +84,7 @@ class StepGraph:
 
     def _meter(self, args: Sequence[Any]) -> Any:
         """A meter for this step (NOTE [Measuring the step in training]), or None."""
-        from fxopt.runtime.meter import StepMeter, cpu_unmeasurable_reason
+        from fxopt.meter import StepMeter, cpu_unmeasurable_reason
 
         device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
         if device == "cpu" and (why := cpu_unmeasurable_reason()) is not None:
@@ -157,7 +158,7 @@ class FxoptBackend:
 
     def step_report(self) -> Any:
         """The step this backend's graphs make up (`fxopt.StepReport`)."""
-        from fxopt.records import step_report
+        from fxopt.report.records import step_report
 
         return step_report(self.step)
 

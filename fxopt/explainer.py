@@ -11,9 +11,10 @@ import torch.nn as nn
 
 from fxopt.capture import LossFn, capture_step, fake_device
 from fxopt.config import DeviceProfile, Options
-from fxopt.dump import dump_report
-from fxopt.partition import graph_key, partition_joint
-from fxopt.report import Report, StepReport
+from fxopt.hook import graph_key
+from fxopt.partition import partition_joint
+from fxopt.report.dump import dump_report
+from fxopt.report.model import Report, StepReport
 from fxopt.step import MAX_REPLANS, Step
 
 _GPU_PROFILES = (DeviceProfile.H100, DeviceProfile.H200, DeviceProfile.A100)

@@ -149,7 +149,8 @@ def refusal_for_recompute(node: fx.Node, opc: OpClass | None = None) -> str | No
 # Nodes inside a `torch.utils.checkpoint` region carry `meta["recompute"]`: plain checkpoint
 # and Hugging Face's gradient checkpointing tag them PREFER_RECOMPUTE, selective policies
 # choose per op among MUST_SAVE, PREFER_SAVE, PREFER_RECOMPUTE and MUST_RECOMPUTE. MUST_SAVE is
-# never recomputed (`refusal_for_recompute`); MUST_RECOMPUTE is always recomputed where the backward needs
+# never recomputed (`refusal_for_recompute`); MUST_RECOMPUTE is always recomputed where the
+# backward needs
 # it, except the last node of a region that the next region reads (PyTorch's own partitioner
 # saves that one, `cleanup_recompute_tags`). PREFER_* are hints: the budget is capped at
 # PyTorch's default partition, which honours them, so fxopt never plans to hold more.

@@ -19,14 +19,25 @@ from fxopt.config import Options, cache_root, format_bytes
 from fxopt.cost_models.device import get_profile
 from fxopt.cost_models.memory import simulate_partition
 from fxopt.graph import GraphView, Side
-from fxopt.passes import AppliedPlan, apply_plan
 from fxopt.op_memory import on_host
-from fxopt.report import SavedTensor, Stage, TensorRow, Timeline
-from fxopt.tensor_meta import size_hint
-from fxopt.solver import (Candidate, Decision, InfeasibleBudgetError, Kind, NoPlanFoundError,
-                          Plan, SolverOptions, keep_all, min_peak, simulate, solve)
+from fxopt.passes import AppliedPlan, apply_plan
 from fxopt.problem_builder import BuiltProblem, build_problem
+from fxopt.report.model import SavedTensor, Stage, TensorRow, Timeline
+from fxopt.solver import (
+    Candidate,
+    Decision,
+    InfeasibleBudgetError,
+    Kind,
+    NoPlanFoundError,
+    Plan,
+    SolverOptions,
+    keep_all,
+    min_peak,
+    simulate,
+    solve,
+)
 from fxopt.step import TOLERANCE, Coupling, GraphUse, Share, Step, own_peak
+from fxopt.tensor_meta import size_hint
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,13 @@ from dataclasses import dataclass
 
 from fxopt.cost_models.device import DeviceProfile
 from fxopt.cost_models.fusion import FusionRules, Kernel, kernels_of
-from fxopt.cost_models.memory import Key, Step, simulate_steps, steps_of_partition
+from fxopt.cost_models.memory import Key, simulate_steps, steps_of_partition
 from fxopt.cost_models.plan import keep_everything, split_joint
 from fxopt.cost_models.runtime import cast_seconds, kernel_seconds, transfer_seconds
 from fxopt.graph import GraphView, OpKind, Side
-from fxopt.plan import LOWBIT_BLOCK
 from fxopt.lowbit_rules import LowbitRules, SavedTensorFacts, decide
+from fxopt.plan import LOWBIT_BLOCK
 from fxopt.solver.problem import Candidate, Problem, to_us
-
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ which is the order the forward first reaches them; the backward runs them in rev
   Several forwards of one graph before a single backward (a model called twice per step) hold
   its saved tensors twice; a compile cannot see that, but the measured step does.
 * Once the plans settle, one real step is measured (NOTE [Measuring the step in training] in
-  fxopt/runtime/meter.py). What it held above the prediction (eager code between or after the
+  fxopt/meter.py). What it held above the prediction (eager code between or after the
   graphs, such as a loss on a large output) counts from then on as one more graph at the end
   of the step, and under a size the graphs that no longer fit are planned once more.
 * A fraction is a fraction of the step's keep-everything peak (the same sum, every graph
@@ -143,7 +143,7 @@ class Step:
         self._warned = False
         self._lock = threading.Lock()
         self.reports: dict[str, Any] = {}  # the latest fxopt.Report of each graph
-        # NOTE [Measuring the step in training] (fxopt/runtime/meter.py): what the real step
+        # NOTE [Measuring the step in training] (fxopt/meter.py): what the real step
         # held, and the part of it no graph planned (eager code between and after the graphs),
         # which counts as one more graph at the end of the step once it is known.
         self.measured_peak_bytes: int | None = None

@@ -109,7 +109,8 @@ def test_graph_break_gives_two_planned_graphs():
 def test_options_through_torch_compile_options():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    compiled = torch.compile(twin(model), backend="fxopt", options={"budget": 1.0, "time_limit_s": 5})
+    compiled = torch.compile(twin(model), backend="fxopt",
+                             options={"budget": 1.0, "time_limit_s": 5})
     assert_step_matches(model, compiled, lambda m, b: m(b[0]).sum(), (torch.randn(3, 4),))
     assert fxopt.last_report().options == fxopt.Options(budget=1.0, time_limit_s=5)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 
-from benchmarks.bench_pareto import MiB, Config, Record, run_in_subprocess
+from benchmarks.bench_pareto import Config, MiB, Record, run_in_subprocess
 from benchmarks.plot import COLUMNS, write_outputs
 
 

@@ -7,8 +7,11 @@ import functools
 
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import (CheckpointPolicy, checkpoint,
-                                    create_selective_checkpoint_contexts)
+from torch.utils.checkpoint import (
+    CheckpointPolicy,
+    checkpoint,
+    create_selective_checkpoint_contexts,
+)
 
 import fxopt
 from fxopt.plan import Kind

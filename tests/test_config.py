@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from fxopt.config import (Budget, DeviceProfile, LowBit, Options, OptionsError, env_enabled,
-                          parse_budget)
+from fxopt.config import (
+    Budget,
+    DeviceProfile,
+    LowBit,
+    Options,
+    OptionsError,
+    env_enabled,
+    parse_budget,
+)
 
 
 @pytest.mark.parametrize("value, fraction, nbytes", [

@@ -4,12 +4,11 @@ and a report without a plan dumped without failing, with a note of what is missi
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from pathlib import Path
 
-from fxopt.dump import dump_report
 from fxopt.plan import Plan
+from fxopt.report.dump import dump_report
 from fxopt.solver.problem import Problem
 from tests.test_report_render import sample_report
 

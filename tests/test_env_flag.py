@@ -13,20 +13,21 @@ import pytest
 
 import fxopt
 from fxopt import _autoload
-from fxopt.partition import FxoptPartitioner
+from fxopt.hook import FxoptPartitioner
 
 # A user script: plain torch.compile, no fxopt import. It reports what happened as JSON.
 SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.GELU(), torch.nn.Linear(512, 512),
+    model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.GELU(),
+                                torch.nn.Linear(512, 512),
                                 torch.nn.GELU(), torch.nn.Linear(512, 1))
     compiled = torch.compile(model)
     compiled(torch.randn(256, 64)).sum().backward()
     from torch._dynamo.utils import counters
     import torch._inductor.config as config
-    records = sys.modules.get("fxopt.records")
+    records = sys.modules.get("fxopt.report.records")
     print(json.dumps({
         "partitioner": type(config.custom_partitioner_fn).__name__,
         "records": None if records is None else len(records.reports()),
@@ -85,13 +86,13 @@ def test_compile_cache_never_skips_fxopt(tmp_path):
 
 
 def test_cache_key_folds_in_source_and_options(monkeypatch):
-    from fxopt import partition
+    from fxopt import hook
 
     key = FxoptPartitioner(fxopt.Options()).uuid()
     assert key == FxoptPartitioner(fxopt.Options()).uuid()
     assert key != FxoptPartitioner(fxopt.Options(budget=0.5)).uuid()
     assert key != FxoptPartitioner(fxopt.Options(lowbit="fp8")).uuid()
-    monkeypatch.setattr(partition, "source_fingerprint", lambda: "edited-source")
+    monkeypatch.setattr(hook, "source_fingerprint", lambda: "edited-source")
     assert key != FxoptPartitioner(fxopt.Options()).uuid()
 
 

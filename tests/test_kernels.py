@@ -1,7 +1,7 @@
 """Low-bit storage kernels: reference semantics, custom ops, and Triton kernels vs reference.
 
 Without CUDA the Triton kernels run on CPU under ``TRITON_INTERPRET=1``. The variable must be set
-before ``fxopt.kernels.triton_quant`` is first imported (``@triton.jit`` decides at decoration
+before ``fxopt.ops.triton_quant`` is first imported (``@triton.jit`` decides at decoration
 time), so it is set at the top of this module; importing ``triton`` itself earlier is harmless.
 With CUDA it is left alone (it would make every Triton kernel of the session interpreted) and the
 same tests run the real kernels on the GPU against the CPU reference.
@@ -20,8 +20,8 @@ import pytest  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import fxopt.kernels as K  # noqa: E402
-from fxopt.kernels import reference as ref  # noqa: E402
+import fxopt.ops as K  # noqa: E402
+from fxopt.ops import reference as ref  # noqa: E402
 
 FMTS = ("fp8", "int8")
 GRANS = ("row", "block")
@@ -237,13 +237,13 @@ def triton_quant():  # noqa: ANN201
     pytest.importorskip("triton")
     from triton.runtime.interpreter import InterpretedFunction
 
-    from fxopt.kernels import triton_quant as tq
+    from fxopt.ops import triton_quant as tq
 
     if isinstance(tq._quantize_kernel, InterpretedFunction):
         return tq, "cpu"
     if torch.cuda.is_available():
         return tq, "cuda"
-    pytest.skip("fxopt.kernels.triton_quant was imported before TRITON_INTERPRET=1 was set")
+    pytest.skip("fxopt.ops.triton_quant was imported before TRITON_INTERPRET=1 was set")
 
 
 def _check_against_reference(tq, x: torch.Tensor, fmt: str, gran: str) -> None:  # noqa: ANN001

@@ -24,7 +24,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import fxopt.kernels  # noqa: F401  (registers torch.ops.fxopt.*)
+import fxopt.ops  # noqa: F401  (registers torch.ops.fxopt.*)
 from examples.gpt import GPT, GPTConfig
 from fxopt.lowbit_rules import decide_bare
 

@@ -1,7 +1,7 @@
 """Predicted peak vs the measured peak of the compiled step on CPU, within 10%.
 
 Each configuration compiles and measures the real training step in a fresh subprocess
-(``fxopt.measure.measure_in_subprocess``: RSS high-water mark with every allocation above
+(``benchmarks.measure.measure_in_subprocess``: RSS high-water mark with every allocation above
 64 KiB mmapped).  The small sizes run by default; the large ones are marked ``slow`` and are
 always part of ``python benchmarks/bench_cost_models.py``.
 """

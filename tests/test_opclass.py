@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.fx as fx
 import torch._inductor.inductor_prims  # noqa: F401 - registers prims.inductor_*
+import torch.fx as fx
 
 from fxopt.opclass import Effect, classify
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from examples import cnn, fno, gpt
 from fxopt.config import Options
 from fxopt.partition import partition_joint
-from fxopt.report import Report
+from fxopt.report.model import Report
 from fxopt.solver import InfeasibleBudgetError
 from tests.graph_harness import fx_backend
 from tests.training import step, twin

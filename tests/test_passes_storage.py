@@ -58,7 +58,8 @@ def test_offload_everything_is_exact(model_name):
     assert bwd_ops.count(torch.ops.fxopt.wait_.default) == len(fwd_ops)
     # Every offloaded tensor crosses the boundary on the host.
     saved = graphs["fwd"].graph.find_nodes(op="output")[0].args[0]
-    hosts = [n for n in saved if isinstance(n, fx.Node) and n.target is torch.ops.fxopt.offload.default]
+    hosts = [n for n in saved
+             if isinstance(n, fx.Node) and n.target is torch.ops.fxopt.offload.default]
     assert len(hosts) == len(fwd_ops) and all(h.meta["val"].device.type == "cpu" for h in hosts)
 
 

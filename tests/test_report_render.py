@@ -11,12 +11,11 @@ import torch.fx as fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from fxopt.config import Options, parse_budget
-from fxopt.graph_code import describe_value, graph_code, graph_lines
-from fxopt.plan import tag
-from fxopt.render_html import render_html, timeline_svg
-from fxopt.render_text import ascii_timeline, bucket_max, render_text
-from fxopt.report import Report, SavedTensor, Stage, TensorRow, Timeline
-from fxopt.plan import Decision, Kind, Plan
+from fxopt.plan import Decision, Kind, Plan, tag
+from fxopt.report.graph_code import describe_value, graph_code, graph_lines
+from fxopt.report.html import render_html, timeline_svg
+from fxopt.report.model import Report, SavedTensor, Stage, TensorRow, Timeline
+from fxopt.report.text import ascii_timeline, bucket_max, render_text
 from fxopt.solver.problem import Candidate, Problem
 
 

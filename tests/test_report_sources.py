@@ -10,10 +10,10 @@ import torch.nn as nn
 
 import fxopt
 from fxopt.config import Options
+from fxopt.report.html import render_html
+from fxopt.report.model import Report, TensorRow
+from fxopt.report.text import SOURCE_CELL_CHARS, render_text
 from fxopt.sources import SOURCE_LINE_CHARS, module_path, node_source, source_line
-from fxopt.render_html import render_html
-from fxopt.render_text import SOURCE_CELL_CHARS, render_text
-from fxopt.report import Report, TensorRow
 
 _TORCH_FILE = os.path.join(os.path.dirname(torch.__file__), "nn", "modules", "linear.py")
 _TRACE = f"""\

@@ -9,11 +9,17 @@ import torch
 import torch.nn as nn
 
 from fxopt.cost_models.device import PROFILES, DeviceProfile, calibrate_cpu, get_profile
-from fxopt.cost_models.facts import tensor_facts
-from fxopt.cost_models.runtime import (cast_seconds, graph_seconds, measure_node_times,
-                                       node_seconds, per_node_seconds, spearman,
-                                       transfer_seconds)
+from fxopt.cost_models.runtime import (
+    cast_seconds,
+    graph_seconds,
+    measure_node_times,
+    node_seconds,
+    per_node_seconds,
+    spearman,
+    transfer_seconds,
+)
 from fxopt.graph import OpKind, Side
+from tests.facts import tensor_facts
 from tests.test_graph import capture_joint
 
 FLAT = DeviceProfile("test", {"float32": 1e12}, 1e11, 1e10, 0.0, 2**30)

@@ -8,9 +8,20 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from fxopt.solver import (Candidate, Decision, InfeasibleBudgetError, InvalidPlanError, Kind,
-                          Problem, SolverOptions, baseline_peak, greedy, simulate, solve,
-                          validate)
+from fxopt.solver import (
+    Candidate,
+    Decision,
+    InfeasibleBudgetError,
+    InvalidPlanError,
+    Kind,
+    Problem,
+    SolverOptions,
+    baseline_peak,
+    greedy,
+    simulate,
+    solve,
+    validate,
+)
 from fxopt.solver.validate import prefetch_points
 
 EXACT = SolverOptions(time_limit_s=20.0, relative_gap=0.0, max_restore_points=32,

@@ -8,9 +8,21 @@ from pathlib import Path
 import pytest
 
 import fxopt.solver.planner as solve_module
-from fxopt.solver import (Candidate, Decision, InfeasibleBudgetError, Kind, Plan, PlanCache,
-                          Problem, SolverOptions, baseline_peak, cache_key, solve, validate)
-from fxopt.solver.synthetic import GPTShape, gpt_problem
+from benchmarks.synthetic import GPTShape, gpt_problem
+from fxopt.solver import (
+    Candidate,
+    Decision,
+    InfeasibleBudgetError,
+    Kind,
+    Plan,
+    PlanCache,
+    Problem,
+    SolverOptions,
+    baseline_peak,
+    cache_key,
+    solve,
+    validate,
+)
 
 SMALL_GPT = GPTShape(layers=2, d_model=128, seq=256, batch=2, heads=2, vocab=512)
 FAST = SolverOptions(time_limit_s=10.0)

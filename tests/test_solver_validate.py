@@ -6,9 +6,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fxopt.solver import (Candidate, Decision, InvalidPlanError, Kind, Plan, Problem,
-                          ProblemError, SolverOptions, budget_bytes, keep_all, simulate, solve,
-                          to_us, validate)
+from fxopt.solver import (
+    Candidate,
+    Decision,
+    InvalidPlanError,
+    Kind,
+    Plan,
+    Problem,
+    ProblemError,
+    SolverOptions,
+    budget_bytes,
+    keep_all,
+    simulate,
+    solve,
+    to_us,
+    validate,
+)
 from fxopt.solver.greedy import greedy
 
 

@@ -20,7 +20,7 @@ pytest.importorskip("diffusers")
 from fxopt.capture import CaptureBackend  # noqa: E402
 from fxopt.config import Options  # noqa: E402
 from fxopt.partition import partition_joint  # noqa: E402
-from fxopt.report import Report  # noqa: E402
+from fxopt.report.model import Report  # noqa: E402
 from tests import zoo  # noqa: E402
 
 

@@ -7,21 +7,24 @@
 * :mod:`~fxopt.cost_models.plan`: joint graph + saved set -> forward/backward views.
 * :mod:`~fxopt.cost_models.runtime`: roofline per node or kernel, transfers, casts, measured mode.
 * :mod:`~fxopt.cost_models.device`: device profiles (datasheets; CPU calibrated).
-* :mod:`~fxopt.cost_models.facts`: one :class:`TensorFacts` per saved candidate for the solver.
 """
 
 from fxopt.cost_models.device import DeviceProfile, calibrate_cpu, get_profile
-from fxopt.cost_models.facts import TensorFacts, tensor_facts
 from fxopt.cost_models.fusion import FusionRules, Kernel, kernels_of
-from fxopt.cost_models.memory import (MemoryStep, MemoryTimeline, Step, simulate_partition,
-                                      simulate_plan, simulate_steps)
+from fxopt.cost_models.memory import (
+                                      MemoryStep,
+                                      MemoryTimeline,
+                                      Step,
+                                      simulate_partition,
+                                      simulate_plan,
+                                      simulate_steps,
+)
 from fxopt.cost_models.plan import keep_everything, saved_names, split_joint
-from fxopt.cost_models.runtime import (cast_seconds, graph_seconds, node_seconds,
-                                       transfer_seconds)
+from fxopt.cost_models.runtime import cast_seconds, graph_seconds, node_seconds, transfer_seconds
 
 __all__ = [
     "DeviceProfile", "FusionRules", "Kernel", "MemoryStep", "MemoryTimeline", "Step",
-    "TensorFacts", "calibrate_cpu", "cast_seconds", "get_profile", "graph_seconds",
+    "calibrate_cpu", "cast_seconds", "get_profile", "graph_seconds",
     "keep_everything", "kernels_of", "node_seconds", "saved_names", "simulate_partition",
-    "simulate_plan", "simulate_steps", "split_joint", "tensor_facts", "transfer_seconds",
+    "simulate_plan", "simulate_steps", "split_joint", "transfer_seconds",
 ]

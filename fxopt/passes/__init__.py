@@ -14,12 +14,11 @@ import torch.fx as fx
 
 from fxopt.passes.lowbit import apply_lowbit
 from fxopt.passes.meta import PlanApplyError
-from fxopt.plan import Inserted, inserted_by
 from fxopt.passes.offload import apply_offload
 from fxopt.passes.recompute import place_recomputation
 from fxopt.passes.schedule import keep_matmuls_in_place
 from fxopt.passes.split import split_joint, unsafe_to_recompute
-from fxopt.plan import Kind, Plan
+from fxopt.plan import Inserted, Kind, Plan, inserted_by
 
 __all__ = ["PASSES", "AppliedPlan", "apply_plan", "Inserted", "PlanApplyError", "inserted_by",
            "unsafe_to_recompute"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-import fxopt.kernels  # noqa: F401 - registers torch.ops.fxopt.quantize / dequantize
-from fxopt.kernels import reference as ref
+import fxopt.ops  # noqa: F401 - registers torch.ops.fxopt.quantize / dequantize
+from fxopt.ops import reference as ref
 from fxopt.passes.boundary import call, getitem, inline, replace_saved
 
 GRANULARITY = "block"  # one scale per 128 consecutive elements: any shape, robust to outliers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.fx as fx
 
-import fxopt.runtime.offload  # noqa: F401 - registers torch.ops.fxopt.offload / prefetch / wait_
+import fxopt.ops.offload  # noqa: F401 - registers torch.ops.fxopt.offload / prefetch / wait_
 from fxopt.passes.boundary import call, replace_saved
 from fxopt.plan import tag
 

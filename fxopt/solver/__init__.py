@@ -13,14 +13,13 @@ Problems for tests and benchmarks).
 
 from __future__ import annotations
 
+from fxopt.plan import LOWBIT_FORMATS, Decision, Kind, Plan
 from fxopt.solver.cache import PlanCache, cache_key
 from fxopt.solver.errors import InfeasibleBudgetError, InvalidPlanError, NoPlanFoundError
 from fxopt.solver.greedy import greedy
 from fxopt.solver.options import SolverOptions
-from fxopt.plan import LOWBIT_FORMATS
-from fxopt.plan import Decision, Kind, Plan
-from fxopt.solver.problem import Candidate, Problem, ProblemError, budget_bytes, to_us
 from fxopt.solver.planner import min_peak, solve
+from fxopt.solver.problem import Candidate, Problem, ProblemError, budget_bytes, to_us
 from fxopt.solver.validate import Simulation, baseline_peak, keep_all, simulate, validate
 
 __all__ = [

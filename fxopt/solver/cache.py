@@ -8,9 +8,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from fxopt.plan import Plan
 from fxopt.solver.errors import InvalidPlanError
 from fxopt.solver.options import SolverOptions
-from fxopt.plan import Plan
 from fxopt.solver.problem import Problem
 from fxopt.solver.validate import validate
 

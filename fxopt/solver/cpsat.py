@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
-from fxopt.solver.options import SolverOptions
 from fxopt.plan import Decision, Kind
+from fxopt.solver.options import SolverOptions
 from fxopt.solver.problem import Problem, byte_unit
 from fxopt.solver.validate import d2h_window, h2d_exposed, prefetch_points
 

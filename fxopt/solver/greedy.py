@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fxopt.plan import Decision, Kind
 from fxopt.solver.errors import InvalidPlanError
 from fxopt.solver.options import SolverOptions
-from fxopt.plan import Decision, Kind
 from fxopt.solver.problem import Candidate, Problem
-from fxopt.solver.validate import (Simulation, bytes_at, canonical, d2h_window, demands,
-                                   h2d_exposed, prefetch_points, simulate)
+from fxopt.solver.validate import (
+    Simulation,
+    bytes_at,
+    canonical,
+    d2h_window,
+    demands,
+    h2d_exposed,
+    prefetch_points,
+    simulate,
+)
 
 # NOTE [Greedy planner]
 # Start from keep-everything. While the simulated peak is over budget, look at the peak step and
@@ -221,8 +229,9 @@ def _greedy(problem: Problem, budget: int, opts: SolverOptions, best_effort: boo
             trial_sim: Simulation | None = simulate(problem, trial)
         except InvalidPlanError:
             trial_sim = None
+        pen = opts.lowbit_penalty_us
         if trial_sim is not None and trial_sim.peak_bytes <= budget and \
-                trial_sim.objective(opts.lowbit_penalty_us) <= sim.objective(opts.lowbit_penalty_us):
+                trial_sim.objective(pen) <= sim.objective(pen):
             decisions, sim = trial, trial_sim
         else:
             kinds[i], pref[i] = old

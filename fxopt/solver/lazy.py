@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
+from fxopt.plan import Decision
 from fxopt.solver.cpsat import DETERMINISTIC_SHARE, Model, add_rows, build, decode, hint, parameters
 from fxopt.solver.options import SolverOptions
-from fxopt.plan import Decision
 from fxopt.solver.problem import Problem
 from fxopt.solver.validate import Simulation, simulate
 

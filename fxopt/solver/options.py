@@ -50,7 +50,8 @@ class SolverOptions:
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.allow_lowbit not in (None, *LOWBIT_FORMATS):
-            raise ValueError(f"allow_lowbit must be None, 'fp8' or 'int8', got {self.allow_lowbit!r}")
+            raise ValueError(
+                f"allow_lowbit must be None, 'fp8' or 'int8', got {self.allow_lowbit!r}")
         if self.lowbit_penalty_us < 0:
             raise ValueError(f"lowbit_penalty_us must be >= 0, got {self.lowbit_penalty_us}")
         if not 0.0 <= self.relative_gap < 1.0:

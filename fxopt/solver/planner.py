@@ -6,12 +6,12 @@ import os
 import time
 from collections.abc import Sequence
 
+from fxopt.plan import Decision, Plan
 from fxopt.solver.cache import PlanCache, cache_key
-from fxopt.solver.lazy import solve_lazy
 from fxopt.solver.errors import InfeasibleBudgetError, NoPlanFoundError
 from fxopt.solver.greedy import greedy
+from fxopt.solver.lazy import solve_lazy
 from fxopt.solver.options import SolverOptions
-from fxopt.plan import Decision, Plan
 from fxopt.solver.problem import Problem, budget_bytes
 from fxopt.solver.validate import Simulation, keep_all, simulate, validate
 

@@ -9,9 +9,9 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fxopt.plan import Decision, Kind, Plan
 from fxopt.solver.errors import InvalidPlanError
 from fxopt.solver.options import LOWBIT_FORMATS
-from fxopt.plan import Decision, Kind, Plan
 from fxopt.solver.problem import Candidate, Problem
 
 # NOTE [Decision semantics]
@@ -115,7 +115,7 @@ def demands(problem: Problem, decisions: Sequence[Decision]) -> list[list[int]]:
 
 def _check(problem: Problem, i: int, dec: Decision, dem: list[int]) -> None:
     c = problem.candidates[i]
-    F, S = problem.num_fwd_steps, problem.num_steps
+    F = problem.num_fwd_steps
     where = f"tensor {c.name!r} ({dec.kind.value})"
     if dec.name != c.name:
         raise InvalidPlanError(f"decision {i} is for {dec.name!r}, expected {c.name!r}")

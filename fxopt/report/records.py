@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-
 from typing import TYPE_CHECKING
 
-from fxopt.report import Report, StepReport
+from fxopt.report.model import Report, StepReport
 
 if TYPE_CHECKING:
     from fxopt.step import Step

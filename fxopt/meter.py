@@ -11,7 +11,7 @@ its backward is done (the optimizer, which runs after, is not part of the step).
   step budget measures.
 * CPU: the resident-set high-water mark, reset through /proc/self/clear_refs, less the RSS at
   the start. It counts freed memory that glibc keeps, so it is only trusted when glibc was told
-  to return large blocks at once (`MALLOC_MMAP_THRESHOLD_`, see `fxopt.measure`); otherwise
+  to return large blocks at once (`MALLOC_MMAP_THRESHOLD_`, see `benchmarks.measure`); otherwise
   nothing is measured and the report says why.
 """
 

@@ -10,8 +10,9 @@ from html import escape
 from typing import Any
 
 from fxopt.config import format_bytes
-from fxopt.graph_code import CodeLine, graph_lines
-from fxopt.render_text import (
+from fxopt.report.graph_code import CodeLine, graph_lines
+from fxopt.report.model import Report, Timeline
+from fxopt.report.text import (
     NOT_PLANNED,
     TABLE_COLUMNS,
     bucket_max,
@@ -20,7 +21,6 @@ from fxopt.render_text import (
     table_rows,
     table_title,
 )
-from fxopt.report import Report, Timeline
 
 SERIES_COLORS = {"keep everything": "#8c8c8c", "PyTorch default": "#e8820c",
                  "fxopt plan": "#1f6fb5"}

@@ -2,7 +2,7 @@
 an ASCII chart, and the forward and backward graphs as code.
 
 The pieces both renderers show (summary items, table rows) are built here once, as plain data;
-`fxopt.render_html` lays the same data out as HTML.
+`fxopt.report.html` lays the same data out as HTML.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fxopt.config import format_bytes
+from fxopt.report.graph_code import graph_code
+from fxopt.report.model import Report, Timeline
 from fxopt.sources import node_source
-from fxopt.graph_code import graph_code
-from fxopt.report import Report, Timeline
 
 NOT_PLANNED = "not planned"
 TABLE_COLUMNS = ("name", "source", "shape", "dtype", "bytes", "choice", "cost", "reason")

@@ -27,21 +27,23 @@ import importlib
 import json
 import os
 import pickle
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch._inductor.custom_graph_pass
+import torch.fx as fx
 
 from fxopt.graph import GraphView, Side
 
 __all__ = ["StepMeasurement", "CapturingPartitioner", "measure_step", "measure_in_subprocess",
-           "MEASURE_ENV"]
+           "MEASURE_ENV", "measure_node_times", "spearman"]
 
 # Environment for a measurement process (set before it starts).  The FX graph and AOTAutograd
 # caches are off so that the partitioner really runs (a cache hit would skip it and capture
@@ -117,7 +119,7 @@ def measure_step(step: Callable[[], object], zero_grad: Callable[[], None], *,
         return StepMeasurement(torch.cuda.max_memory_allocated() - base, base, dt, device)
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         raise RuntimeError("CPU peak measurement needs MALLOC_MMAP_THRESHOLD_=65536 set before "
-                           "the process starts; use fxopt.measure.measure_in_subprocess")
+                           "the process starts; use benchmarks.measure.measure_in_subprocess")
     _trim_heap()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
@@ -155,7 +157,7 @@ class CapturingPartitioner(torch._inductor.custom_graph_pass.CustomPartitionerFn
         return fwd, bwd
 
     def uuid(self) -> Any:
-        return ("fxopt.measure.CapturingPartitioner", self.which)
+        return ("benchmarks.measure.CapturingPartitioner", self.which)
 
 
 def _compile_and_measure(builder: str, kwargs: dict[str, Any], partitioner: str,
@@ -180,8 +182,6 @@ def _compile_and_measure(builder: str, kwargs: dict[str, Any], partitioner: str,
                            "break?); measurement needs a step that compiles to one graph")
     extra: dict[str, Any] = {}
     if with_op_times:
-        from fxopt.cost_models.runtime import measure_node_times
-
         extra["op_seconds"] = {side: measure_node_times(gm, device=device)
                                for side, gm in zip(("fwd", "bwd"), cap.graphs)}
     return StepMeasurement(m.peak_bytes, m.baseline_bytes, m.step_seconds, device,
@@ -205,7 +205,7 @@ def measure_in_subprocess(builder: str, kwargs: dict[str, Any] | None = None, *,
                           "with_op_times": with_op_times})
         env = dict(os.environ, **MEASURE_ENV,
                    PYTHONPATH=os.pathsep.join([os.getcwd(), *sys.path]))
-        proc = subprocess.run([sys.executable, "-m", "fxopt.measure", job], env=env,
+        proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", job], env=env,
                               capture_output=True, text=True, timeout=timeout_s)
         if proc.returncode != 0:
             raise RuntimeError(f"measurement of {builder}({kwargs}) with {partitioner} failed "
@@ -222,6 +222,91 @@ def _main(argv: list[str]) -> None:
         pickle.dump(m, f)
 
 
+
+
+# ---- measured op times: the cost models' roofline checked against the machine ---------------
+
+def _real(val: object, device: str) -> object:
+    """A real tensor with ``val``'s shape, strides (broadcast strides included) and dtype."""
+    if not isinstance(val, torch.Tensor):
+        return val
+    size = [int(s) for s in val.shape]
+    stride = [int(s) for s in val.stride()]
+    storage = 1 + sum((n - 1) * st for n, st in zip(size, stride) if n > 0)
+    if any(n == 0 for n in size):
+        storage = 0
+    flat = torch.empty(storage, dtype=val.dtype, device=device)
+    if val.dtype.is_complex:
+        flat.fill_(1.0)
+    elif val.dtype.is_floating_point:
+        flat.uniform_(0.5, 1.0)
+    elif val.dtype == torch.bool:
+        flat.fill_(True)
+    else:
+        flat.zero_()  # a valid index for every indexing op
+    return flat.as_strided(size, stride)
+
+
+def measure_node_times(gm: fx.GraphModule, *, device: str = "cpu", repeats: int = 3,
+                       skip: Iterable[str] = ()) -> dict[str, float]:
+    """Time each compute node of ``gm`` run eagerly on random inputs of its recorded shapes.
+
+    Returns seconds per node name (the best of ``repeats``).  Views, placeholders and nodes
+    whose op cannot run on made-up inputs (an error is raised by the op) are left out.
+    """
+    skip = set(skip)
+    out: dict[str, float] = {}
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.name in skip:
+            continue
+        if not isinstance(n.meta.get("val"), torch.Tensor):
+            continue
+        if not isinstance(n.target, torch._ops.OpOverload) or n.target.is_view:
+            continue
+        args, kwargs = fx.node.map_arg((n.args, n.kwargs),
+                                       lambda a: _real(a.meta.get("val"), device))
+        try:
+            n.target(*args, **kwargs)
+        except (RuntimeError, IndexError, ValueError, TypeError):
+            continue
+        times = []
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            n.target(*args, **kwargs)
+            sync()
+            times.append(time.perf_counter() - t0)
+        out[n.name] = min(times)
+    return out
+
+
+def spearman(xs: Mapping[str, float], ys: Mapping[str, float]) -> float:
+    """Spearman rank correlation over the keys both mappings share (average ranks for ties)."""
+    keys = sorted(set(xs) & set(ys))
+    if len(keys) < 3:
+        raise ValueError(f"rank correlation needs at least 3 common keys, got {len(keys)}")
+
+    def ranks(vals: list[float]) -> list[float]:
+        order = sorted(range(len(vals)), key=vals.__getitem__)
+        r = [0.0] * len(vals)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and vals[order[j + 1]] == vals[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks([xs[k] for k in keys]), ranks([ys[k] for k in keys])
+    mx, my = statistics.fmean(rx), statistics.fmean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / var if var else 0.0
+
+
 if __name__ == "__main__":
-    # Re-import so that pickled classes name ``fxopt.measure``, not ``__main__``.
-    importlib.import_module("fxopt.measure")._main(sys.argv[1:])
+    # Re-import so that pickled classes name ``benchmarks.measure``, not ``__main__``.
+    importlib.import_module("benchmarks.measure")._main(sys.argv[1:])

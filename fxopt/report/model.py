@@ -134,12 +134,12 @@ class Report:
                 f"{self.seconds * 1e3:.0f} ms")
 
     def __str__(self) -> str:
-        from fxopt.render_text import render_text
+        from fxopt.report.text import render_text
 
         return render_text(self)
 
     def _repr_html_(self) -> str:
-        from fxopt.render_html import render_html
+        from fxopt.report.html import render_html
 
         return render_html(self)
 

@@ -44,8 +44,10 @@ from __future__ import annotations
 
 import torch
 
-BLOCK_SIZE = 128
-FORMATS = ("fp8", "int8")
+from fxopt.plan import LOWBIT_BLOCK, LOWBIT_FORMATS
+
+BLOCK_SIZE = LOWBIT_BLOCK
+FORMATS = LOWBIT_FORMATS
 GRANULARITIES = ("row", "block")
 FLT_MIN = 2.0**-126  # smallest normal fp32
 AMAX_CAP = 15.0 * 2.0**124  # QMAX * RN(AMAX_CAP / QMAX) < FLT_MAX for both formats

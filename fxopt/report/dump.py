@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fxopt.graph_code import graph_code
-from fxopt.render_html import render_html
-from fxopt.render_text import render_text
-from fxopt.report import Report
+from fxopt.report.graph_code import graph_code
+from fxopt.report.html import render_html
+from fxopt.report.model import Report
+from fxopt.report.text import render_text
 
 _HTML_PAGE = ('<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>'
               "<body>\n{body}\n</body></html>\n")

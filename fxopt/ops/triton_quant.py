@@ -1,7 +1,7 @@
 """Triton kernels (and their launchers) for low-bit activation storage.
 
 They reproduce ``reference.py`` bit for bit; see NOTE [Low-bit quantisation semantics] there.
-This module imports Triton at import time: import it lazily (``fxopt.kernels.ops`` does).
+This module imports Triton at import time: import it lazily (``fxopt.ops.lowbit`` does).
 
 # NOTE [Bit-exact casts in Triton]
 The hardware conversions are not used for the low-bit casts. Triton's interpreter (the only way to

@@ -1,1 +1,0 @@
-"""Custom ops the rewritten graphs call at run time (CPU offload and prefetch)."""
