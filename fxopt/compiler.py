@@ -74,7 +74,10 @@ class StepGraph:
         if self.step.is_stale(self.key):
             self._replan(args)
         meter = None
-        if self._calls and self.key == self.step.first_key() and self.step.measure_due():
+        first = self._calls and self.key == self.step.first_key()
+        if first and (refused := self.step.over_budget_error()) is not None:
+            raise refused  # NOTE [Step budgets]: a size is a promise
+        if first and self.step.measure_due():
             meter = self._meter(args)
         self._calls += 1
         out = self._compiled(*args)

@@ -112,7 +112,7 @@ class Plan:
                            self.problem_hash, self.options_hash], separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def with_(self, **changes: object) -> Plan:
+    def with_(self, **changes: Any) -> Plan:
         return replace(self, **changes)
 
 

@@ -192,8 +192,9 @@ class Step:
     def _coupling(self, key: str, own: GraphUse) -> Coupling:
         """Graph `key`'s coupling to the planned graphs around it (its own use: `own`)."""
         order = [e for e in self._entries if e.use is not None or e.key == key]
-        uses = [own if e.key == key else e.use for e in order] + self._tail()
-        return couplings(uses)[[e.key for e in order].index(key)]
+        uses = [own if e.key == key else e.use for e in order]
+        mine = [u for u in uses if u is not None] + self._tail()
+        return couplings(mine)[[e.key for e in order].index(key)]
 
     def share(self, key: str, keep: GraphUse, default: GraphUse | None) -> Share:
         """The budget graph `key` is planned against, given what it holds keeping everything
@@ -235,7 +236,7 @@ class Step:
         if self.options.budget is not None and self.options.budget.nbytes is not None:
             step_budget = int(step_budget * (1 + tolerance))
         planned = [e for e in self._entries if e.use is not None]
-        uses = [e.use for e in planned] + self._tail()
+        uses = [e.use for e in planned if e.use is not None] + self._tail()
         stale = []
         for e, u, c in zip(planned, uses, couplings(uses)):
             if e.key == skip or e.replans >= MAX_REPLANS or c == e.planned_with:
@@ -253,6 +254,28 @@ class Step:
         with self._lock:
             self.refused[key] = error
             return self._infeasible(error)
+
+    def over_budget_error(self) -> Any:
+        """Under a size, the error for a step whose plans have settled (nothing left to
+        re-plan) above the budget: every graph as low as it goes beside the others, with the
+        memory measured outside the graphs. None while the step still fits or may still be
+        re-planned."""
+        from fxopt.solver import InfeasibleBudgetError
+
+        with self._lock:
+            budget = self.options.budget
+            if budget is None or budget.nbytes is None or self._stale:
+                return None
+            peak = self._predicted()
+            if peak <= budget.nbytes * (1 + TOLERANCE):
+                return None
+            keeps = [e.keep for e in self._entries if e.keep is not None]
+            outside = (f", with the {self.unplanned_bytes} B measured outside the compiled "
+                       "graphs" if self.unplanned_bytes else "")
+            return InfeasibleBudgetError(
+                budget.nbytes, peak, False, step_peak(keeps + self._tail()), {},
+                context=f"for the training step of {len(self._entries)} graphs, each re-planned "
+                        f"as low as it goes beside the others{outside}")
 
     def infeasible_error(self) -> Any:
         """The error for the step when a graph refused the budget (None: none did)."""

@@ -7,11 +7,10 @@ from __future__ import annotations
 import math
 import uuid
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fxopt.config import format_bytes
 from fxopt.report.graph_code import CodeLine, graph_lines
-from fxopt.report.model import Report, Timeline
 from fxopt.report.text import (
     NOT_PLANNED,
     TABLE_COLUMNS,
@@ -21,6 +20,9 @@ from fxopt.report.text import (
     table_rows,
     table_title,
 )
+
+if TYPE_CHECKING:  # the model renders through these views (model.py imports them)
+    from fxopt.report.model import Report, Timeline
 
 SERIES_COLORS = {"keep everything": "#8c8c8c", "PyTorch default": "#e8820c",
                  "fxopt plan": "#1f6fb5"}

@@ -8,12 +8,14 @@ The pieces both renderers show (summary items, table rows) are built here once, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fxopt.config import format_bytes
 from fxopt.report.graph_code import graph_code
-from fxopt.report.model import Report, Timeline
 from fxopt.sources import node_source
+
+if TYPE_CHECKING:  # the model renders through these views (model.py imports them)
+    from fxopt.report.model import Report, Timeline
 
 NOT_PLANNED = "not planned"
 TABLE_COLUMNS = ("name", "source", "shape", "dtype", "bytes", "choice", "cost", "reason")

@@ -94,7 +94,7 @@ def _options_for(problem: Problem, i: int, opts: SolverOptions, dem: Sequence[in
 
 def _ranked_moves(problem: Problem, decisions: Sequence[Decision], kinds: Sequence[Kind],
                   step: int, opts: SolverOptions, storage_first: str, upgrade: bool
-                  ) -> list[tuple[tuple[float, int], int, dict[int, tuple[Kind, int | None]]]]:
+                  ) -> list[tuple[tuple[int, float, int], int, dict[int, tuple[Kind, int | None]]]]:
     """(score, bytes freed at `step`, move) for the best further choice of every tensor alive
     at `step`, best first; a move maps tensor -> (kind, prefetch)."""
     dem = demands(problem, decisions)
@@ -116,7 +116,7 @@ def _ranked_moves(problem: Problem, decisions: Sequence[Decision], kinds: Sequen
             if _RANK[kind] <= _RANK[kinds[i]]:
                 continue  # only ever move up the ranks, so the greedy ends
             cost = max(cost - now_cost, 0)
-            r = q if kind.offloaded else r_first
+            r = q if kind.offloaded and q is not None else r_first
             dec = Decision(c.name, kind, r, "fp8" if kind.lowbit else None)
             gain = before - bytes_at(problem, i, dec, dem[i], step)
             move = {i: (kind, q)}
@@ -189,7 +189,8 @@ def _greedy(problem: Problem, budget: int, opts: SolverOptions, best_effort: boo
             return lowest if best_effort else None
         # Apply the best moves on disjoint tensors until they free the excess at the peak step
         # (always at least one); the simulation below is the judge.
-        excess, freed, touched, offloads = sim.peak_bytes - budget, 0, set(), 0
+        excess, freed, offloads = sim.peak_bytes - budget, 0, 0
+        touched: set[int] = set()
         for _, gain, move in ranked:
             if freed >= excess:
                 break

@@ -156,10 +156,13 @@ def intervals(problem: Problem, i: int, dec: Decision, dem: Sequence[int]
     out = [(c.produced, f, full)]
     if not dem:
         return out
-    last, r, kind = max(dem), dec.restore_step, dec.kind
+    last, kind = max(dem), dec.kind
     if kind is Kind.KEEP:
         out.append((f + 1, last, full))
-    elif kind is Kind.RECOMPUTE:
+        return out
+    r = dec.restore_step
+    assert r is not None  # every kind but KEEP has one (Decision checks it)
+    if kind is Kind.RECOMPUTE:
         out.append((r, last, full))
     elif kind is Kind.LOWBIT:
         out += [(f + 1, r - 1, small), (r, last, full)]
