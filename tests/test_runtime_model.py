@@ -8,14 +8,13 @@ import pytest
 import torch
 import torch.nn as nn
 
+from benchmarks.measure import measure_node_times, spearman
 from fxopt.cost_models.device import PROFILES, DeviceProfile, calibrate_cpu, get_profile
 from fxopt.cost_models.runtime import (
     cast_seconds,
     graph_seconds,
-    measure_node_times,
     node_seconds,
     per_node_seconds,
-    spearman,
     transfer_seconds,
 )
 from fxopt.graph import OpKind, Side
