@@ -35,8 +35,7 @@ def activate() -> None:
 # that raises the error at the first training compile, where the user sees it, and a warning is
 # printed right away.
 def _install() -> None:
-    import torch._inductor.config as inductor_config
-
+    from fxopt.compat import inductor_config
     from fxopt.config import Options, OptionsError, env_enabled
     from fxopt.env_partitioner import InvalidEnvironmentPartitioner
     from fxopt.hook import FxoptPartitioner
@@ -49,22 +48,24 @@ def _install() -> None:
     except OptionsError as err:
         print(f"fxopt: {err}", file=sys.stderr)
         partitioner = InvalidEnvironmentPartitioner(err)
-    if inductor_config.custom_partitioner_fn is None:
-        inductor_config.custom_partitioner_fn = partitioner
+    config = inductor_config()
+    if config.custom_partitioner_fn is None:
+        config.custom_partitioner_fn = partitioner
         if isinstance(partitioner, FxoptPartitioner):
             _route_inductor(partitioner.options)
         # See NOTE [Plans are never served from AOTAutograd's cache] in fxopt/compiler.py.
-        import torch._functorch.config as functorch_config
+        from fxopt.compat import functorch_config
 
-        functorch_config.enable_autograd_cache = False
+        functorch_config().enable_autograd_cache = False
 
 
 
 def _route_inductor(options: object) -> None:
     """Plain `torch.compile(model)` compiles through a step-owning fxopt backend per model."""
-    import torch
 
-    wrapper = getattr(torch, "_TorchCompileInductorWrapper", None)
+    from fxopt.compat import inductor_wrapper_class
+
+    wrapper = inductor_wrapper_class()
     if wrapper is None or getattr(wrapper, "_fxopt_routed", False):
         return  # another torch: the partitioner alone still plans each graph
     inductor_call = wrapper.__call__

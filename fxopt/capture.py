@@ -18,6 +18,20 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from fxopt.compat import (
+    FakeTensorMode,
+    aot_autograd,
+    autograd_cache_off,
+    backend_compiler_failed,
+    detect_fake_mode,
+    dynamo_reset,
+    inductor_partition_fn,
+    make_boxed_func,
+    mark_dynamic,
+    select_decomp_table,
+    set_inductor_fake_mode,
+)
+
 PartitionFn = Callable[..., tuple[fx.GraphModule, fx.GraphModule]]
 LossFn = Callable[..., torch.Tensor]  # loss_fn(output, *targets) -> scalar
 
@@ -95,7 +109,7 @@ def fake_input(value: Any, mode: Any, device: torch.device) -> Any:
     out.requires_grad_(value.requires_grad)
     dynamic = getattr(value, "_dynamo_dynamic_indices", None)  # the user's mark_dynamic
     if dynamic:
-        torch._dynamo.mark_dynamic(out, sorted(dynamic))
+        mark_dynamic(out, sorted(dynamic))
     return out
 
 
@@ -108,23 +122,15 @@ class CaptureBackend:
         self.graphs = 0
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
-        from torch._dynamo.backends.common import aot_autograd
-        from torch._functorch._aot_autograd.utils import make_boxed_func
-        from torch._guards import detect_fake_mode
-        from torch._inductor import compile_fx
-        from torch._inductor.decomposition import select_decomp_table
-        from torch._inductor.virtualized import V
-
         self.graphs += 1
         boxed = lambda g, _inputs: make_boxed_func(g)  # noqa: E731 - runs on fake tensors
         inner = aot_autograd(
             fw_compiler=boxed, bw_compiler=boxed, inference_compiler=boxed,
-            partition_fn=functools.partial(compile_fx.partition_fn,
+            partition_fn=functools.partial(inductor_partition_fn(),
                                            partitioner_fn_override=self.partition),
             decompositions=select_decomp_table())
         # Inductor's joint-graph passes read the fake mode from its virtualized state.
-        with V.set_fake_mode(detect_fake_mode(example_inputs)), \
-                torch._functorch.config.patch(enable_autograd_cache=False):
+        with set_inductor_fake_mode(detect_fake_mode(example_inputs)), autograd_cache_off():
             return inner(gm, example_inputs)
 
 
@@ -133,7 +139,6 @@ def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any]
                  device: torch.device) -> int:
     """Runs `loss_fn(torch.compile(model)(*inputs, **kwargs), *targets).backward()` on fake
     tensors, calling `partition` on every joint graph; returns how many graphs Dynamo built."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     if not any(p.requires_grad for p in model.parameters()):
@@ -146,7 +151,7 @@ def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any]
     args = [fake(x) for x in inputs]
     kw = {k: fake(v) for k, v in kwargs.items()}
     fake_targets = [fake(t) for t in targets]
-    torch._dynamo.reset()  # the step is captured afresh, not served from an earlier compile
+    dynamo_reset()  # the step is captured afresh, not served from an earlier compile
     try:
         with _faked(model, mode, device), _no_real_tensors(mode):
             compiled = torch.compile(model, backend=backend)
@@ -156,14 +161,14 @@ def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any]
                     raise TypeError("loss_fn must return a scalar tensor")
                 loss.backward()
     finally:
-        torch._dynamo.reset()
+        dynamo_reset()
     return backend.graphs
 
 
 @contextlib.contextmanager
 def _no_real_tensors(mode: Any) -> Iterator[None]:
     """A real tensor reaching the fake step (a target the loss closes over) gets a clear error."""
-    from torch._dynamo.exc import BackendCompilerFailed
+    BackendCompilerFailed = backend_compiler_failed()
 
     try:
         yield

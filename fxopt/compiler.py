@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from fxopt.compat import autograd_cache_off, compile_fx
 from fxopt.config import Options
 from fxopt.step import Step
 
@@ -20,8 +21,6 @@ log = logging.getLogger("fxopt")
 def _compile(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options, step: Step,
              key: str | None, config_patches: Mapping[str, Any] | None = None,
              **compile_kwargs: Any) -> CompiledFn:
-    from torch._inductor.compile_fx import compile_fx
-
     from fxopt.hook import FxoptPartitioner
 
     # compile_fx runs AOTAutograd with Inductor's decompositions and joint-graph passes, then
@@ -29,7 +28,7 @@ def _compile(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options
     # NOTE [Plans are never served from AOTAutograd's cache]: a cache hit would skip the
     # partitioner, leaving no report for the graph; the plan itself is cached on disk by the
     # solver, and Inductor's code cache still serves the compiled kernels.
-    with torch._functorch.config.patch(enable_autograd_cache=False):
+    with autograd_cache_off():
         return compile_fx(gm, list(example_inputs), config_patches={
             **(config_patches or {}),
             "custom_partitioner_fn": FxoptPartitioner(options, step, key)}, **compile_kwargs)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, NoReturn
 
-from torch._inductor.custom_graph_pass import CustomPartitionerFn
-
+from fxopt.compat import CustomPartitionerFn
 from fxopt.config import OptionsError
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.fx as fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from fxopt.compat import OpOverload, inductor_lowering, tree_leaves
 from fxopt.op_memory import channels_last_copy, fallback_storage, on_host, workspace_bytes
 from fxopt.opclass import Effect, classify, must_recompute, refusal_for_recompute
 from fxopt.sources import node_source
@@ -209,7 +210,7 @@ class GraphView:
         graph = gm.graph if isinstance(gm, fx.GraphModule) else gm
         fx_nodes = list(graph.nodes)
         out_node = next(n for n in reversed(fx_nodes) if n.op == "output")
-        out_args = list(torch.utils._pytree.tree_leaves(out_node.args[0]))
+        out_args = list(tree_leaves(out_node.args[0]))
         out_names = tuple(a.name if isinstance(a, fx.Node) else None for a in out_args)
         if num_fwd_outputs is not None:
             bwd_set = _descendants(n for n in fx_nodes if n.op == "placeholder"
@@ -267,7 +268,7 @@ def _same_storage(a: object, b: object) -> bool:
 
 
 def _kind(n: fx.Node) -> OpKind:
-    from torch._inductor import lowering  # heavy import, done on first use
+    lowering = inductor_lowering()  # heavy import, done on first use
 
     if n.op in ("placeholder", "output"):
         return OpKind(n.op)
@@ -282,7 +283,7 @@ def _kind(n: fx.Node) -> OpKind:
             if not _same_storage(n.meta.get("val"), getattr(src, "meta", {}).get("val")):
                 return OpKind.POINTWISE  # a copying reshape is a pointwise copy
         return OpKind.VIEW
-    if not isinstance(target, torch._ops.OpOverload):
+    if not isinstance(target, OpOverload):
         return OpKind.EXTERN
     if _touches_complex(n):  # Inductor generates no code for complex tensors: eager fallback
         return OpKind.EXTERN
@@ -299,7 +300,7 @@ def _kind(n: fx.Node) -> OpKind:
 def _touches_complex(n: fx.Node) -> bool:
     """lowering.fallback_node_due_to_unsupported_type, for complex dtypes."""
     vals = [n.meta.get("val")] + [a.meta.get("val") for a in n.all_input_nodes]
-    for v in torch.utils._pytree.tree_leaves(vals):
+    for v in tree_leaves(vals):
         if isinstance(v, torch.Tensor) and v.is_complex():
             return True
     return False

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch._inductor.custom_graph_pass import CustomPartitionerFn
 
+from fxopt.compat import CustomPartitionerFn, current_frame_id
 from fxopt.config import Options, OptionsError
 from fxopt.partition import partition_joint
 from fxopt.report.dump import dump_report
@@ -90,8 +90,8 @@ class FxoptPartitioner(CustomPartitionerFn):
 
 def graph_key() -> str:
     """Which graph of the step is being compiled: Dynamo's frame (see `FxoptPartitioner`)."""
-    compile_id = torch._guards.CompileContext.current_compile_id()
-    return "graph" if compile_id is None else f"frame {compile_id.frame_id}"
+    frame = current_frame_id()
+    return "graph" if frame is None else f"frame {frame}"
 
 
 def _enable_debug_logging() -> None:

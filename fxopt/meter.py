@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from fxopt.compat import tree_leaves
 from fxopt.config import malloc_returns_memory
 
 CPU_NEEDS = "MALLOC_MMAP_THRESHOLD_"
@@ -69,7 +70,7 @@ class StepMeter:
     def stop_after_backward(self, outputs: Any) -> bool:
         """Ends the measurement when the backward of `outputs` is done; False if nothing in
         them needs a backward (the measurement is dropped)."""
-        for out in torch.utils._pytree.tree_leaves(outputs):
+        for out in tree_leaves(outputs):
             if isinstance(out, torch.Tensor) and out.grad_fn is not None:
                 out.grad_fn.register_hook(lambda *_: self._stop())
                 return True

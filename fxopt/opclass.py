@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from fxopt.compat import HigherOrderOperator, OpOverload
+
 __all__ = ["OpClass", "Effect", "checkpoint_policy", "classify", "must_recompute",
            "refusal_for_recompute"]
 
@@ -74,7 +76,7 @@ _COLLECTIVE_NAMESPACES = frozenset({"_c10d_functional", "c10d_functional", "_dte
 _EFFECT_HOPS = ("with_effects", "auto_functionalized", "auto_functionalized_v2")
 
 
-def _arg(node: fx.Node, op: torch._ops.OpOverload, name: str) -> object:
+def _arg(node: fx.Node, op: OpOverload, name: str) -> object:
     for i, schema_arg in enumerate(op._schema.arguments):
         if schema_arg.name == name:
             if i < len(node.args):
@@ -85,7 +87,7 @@ def _arg(node: fx.Node, op: torch._ops.OpOverload, name: str) -> object:
     return None
 
 
-def _randomness_off(node: fx.Node, op: torch._ops.OpOverload) -> bool:
+def _randomness_off(node: fx.Node, op: OpOverload) -> bool:
     """A seeded op whose arguments switch its randomness off (dropout probability 0)."""
     names = {a.name for a in op._schema.arguments}
     for name in _SWITCH_ARGS:
@@ -110,11 +112,11 @@ def classify(node: fx.Node) -> OpClass:
     target = node.target
     if target is operator.getitem:
         return OpClass(Effect.NONE)
-    if isinstance(target, torch._ops.HigherOrderOperator):
+    if isinstance(target, HigherOrderOperator):
         if target.name() in _EFFECT_HOPS:
             return OpClass(Effect.EFFECTFUL)
         return OpClass(Effect.NONE)
-    if not isinstance(target, torch._ops.OpOverload):
+    if not isinstance(target, OpOverload):
         # Python callables on SymInts (operator.mul, sym_size) and the like: pure, unless FX
         # knows them as side-effectful (torch._assert, profiler ranges).
         return OpClass(Effect.EFFECTFUL if node.is_impure(impure_random=False) else Effect.NONE)

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch._functorch.partitioners import min_cut_rematerialization_partition
 
+from fxopt.compat import min_cut_partition, tree_leaves
 from fxopt.config import Options, OptionsError, format_bytes
 from fxopt.pipeline import plan_joint, planned_use, saved_input_bytes, saved_tensors, timeline_of
 from fxopt.report.model import Report, SavedTensor, Stage
@@ -52,7 +52,7 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
     if static is not None:
         kwargs["static_lifetime_input_indices"] = static
     t0 = time.perf_counter()
-    default_fwd, default_bwd = min_cut_rematerialization_partition(
+    default_fwd, default_bwd = min_cut_partition(
         copy_graph(gm), joint_inputs, **kwargs)
     stages = [Stage("PyTorch partition", time.perf_counter() - t0)]
     default_timeline = None
@@ -157,7 +157,7 @@ def _largest_output(fwd: fx.GraphModule, num_user_outputs: int) -> SavedTensor |
     """The largest of the tensors the forward returns to the user's code."""
     out = next(iter(fwd.graph.find_nodes(op="output")))
     best = None
-    for arg in torch.utils._pytree.tree_leaves(out.args[0])[:num_user_outputs]:
+    for arg in tree_leaves(out.args[0])[:num_user_outputs]:
         val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
         if not isinstance(val, torch.Tensor):
             continue

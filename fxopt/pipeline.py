@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.fx as fx
 
+from fxopt.compat import tree_leaves
 from fxopt.config import Options, cache_root, format_bytes
 from fxopt.cost_models.device import get_profile
 from fxopt.cost_models.memory import simulate_partition
@@ -236,7 +237,7 @@ def gradient_bytes(gm: fx.GraphModule, num_fwd_outputs: int) -> int:
     forward's (for a backward graph, `num_fwd_outputs` is 0)."""
     out = next(iter(gm.graph.find_nodes(op="output")))
     total = 0
-    for arg in torch.utils._pytree.tree_leaves(out.args[0])[num_fwd_outputs:]:
+    for arg in tree_leaves(out.args[0])[num_fwd_outputs:]:
         val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
         if isinstance(val, torch.Tensor):
             total += math.prod(size_hint(d) for d in val.shape) * val.element_size()

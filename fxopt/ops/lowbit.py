@@ -89,13 +89,15 @@ def _use_triton(t: torch.Tensor) -> bool:
         return False
     # The interpreter launches kernels eagerly (wrap_triton cannot trace an interpreted kernel):
     # traced CPU tensors keep using the reference.
-    from torch._subclasses.fake_tensor import is_fake
+    from fxopt.compat import is_fake
 
     return not is_fake(t) and not _is_functional(t)
 
 
 def _is_functional(t: torch.Tensor) -> bool:
-    from torch._subclasses.functional_tensor import FunctionalTensor
+    from fxopt.compat import functional_tensor_type
+
+    FunctionalTensor = functional_tensor_type()
 
     return isinstance(t, FunctionalTensor)
 

@@ -37,7 +37,7 @@ def _empty_like(x: torch.Tensor, device: torch.device | str, pin: bool = False) 
     """An empty tensor with `x`'s size and strides where `x` is dense (a transposed attention
     output stays transposed: the backward kernels behind the prefetch were traced with those
     strides), contiguous otherwise."""
-    from torch._prims_common import is_non_overlapping_and_dense_or_false as dense
+    from fxopt.compat import is_dense as dense
 
     if dense(x):
         return torch.empty_strided(x.size(), x.stride(), dtype=x.dtype, device=device,

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch._functorch._aot_autograd.descriptors import SavedForBackwardsAOTOutput
 
+from fxopt.compat import saved_for_backward_descriptor
 from fxopt.passes.meta import PlanApplyError
 from fxopt.plan import tag
 
@@ -45,8 +45,9 @@ def inline(graph: fx.Graph, fn: Callable[..., Any], args: tuple[Any, ...],
     """Traces `fn(*args)` to aten ops on the args' fake values, decomposed as Inductor expects
     its input graphs, and copies those ops into `graph` at its insertion point, so that
     Inductor can fuse them; returns the output nodes."""
-    from torch._inductor.decomposition import select_decomp_table
     from torch.fx.experimental.proxy_tensor import make_fx
+
+    from fxopt.compat import select_decomp_table
 
     nodes = [a for a in args if isinstance(a, fx.Node)]
     vals = [n.meta["val"] for n in nodes]
@@ -108,7 +109,7 @@ def replace_saved(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, num_fwd_o
     descs = output.meta.get("desc")
     if descs is not None:  # AOTAutograd reads one descriptor per output
         output.meta["desc"] = list(descs[:num_fwd_outputs]) + [
-            SavedForBackwardsAOTOutput(i) for i in range(len(saved))]
+            saved_for_backward_descriptor()(i) for i in range(len(saved))]
 
     placeholders = bwd.graph.find_nodes(op="placeholder")
     placeholder = next((n for n in placeholders if n.meta.get(SAVED_AS) == name),

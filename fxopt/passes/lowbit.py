@@ -55,7 +55,7 @@ def apply_lowbit(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, fmt: str,
 def memory_order(t: torch.Tensor) -> list[int]:
     """The dimensions of `t` from outermost to innermost in memory (identity when contiguous
     or when the layout is not a plain permutation of a dense buffer)."""
-    from torch._prims_common import is_non_overlapping_and_dense_or_false as dense
+    from fxopt.compat import is_dense as dense
 
     dims = list(range(t.dim()))
     if not dims or not dense(t):

@@ -7,17 +7,18 @@ this module checks that each such recomputation is safe before it is allowed.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.fx as fx
-from torch._functorch import partitioners as P
 
+from fxopt.compat import partitioners
 from fxopt.opclass import refusal_for_recompute
 from fxopt.passes.meta import PlanApplyError
 
 
 def _is_sym(node: fx.Node) -> bool:
-    return P.is_sym_node(node)
+    return partitioners().is_sym_node(node)
 
 
 def unsafe_to_recompute(node: fx.Node) -> str | None:
@@ -30,12 +31,13 @@ def forward_side(joint: fx.GraphModule, num_fwd_outputs: int,
                  static_lifetime_input_indices: list[int] | None = None) -> list[fx.Node]:
     """Joint-graph nodes that run in forward: those the forward outputs need, and those that
     depend on no tangent (PyTorch's "unclaimed" nodes), in graph order."""
-    info = P.classify_nodes(joint, static_lifetime_input_indices or [], num_fwd_outputs)
+    info = partitioners().classify_nodes(joint, static_lifetime_input_indices or [],
+                                         num_fwd_outputs)
     side = _forward_set(info)
     return [n for n in joint.graph.nodes if n in side]
 
 
-def _forward_set(info: P.NodeInfo) -> set[fx.Node]:
+def _forward_set(info: Any) -> set[fx.Node]:
     return set(info.required_fw_nodes) | (set(info.unclaimed_nodes) - set(info.required_bw_nodes))
 
 
@@ -48,13 +50,14 @@ def split_joint(joint: fx.GraphModule, saved_names: Iterable[str], *, num_fwd_ou
     unknown = sorted(set(saved_names) - by_name.keys())
     if unknown:
         raise PlanApplyError(f"the plan names tensors this graph does not have: {unknown[:5]}")
-    info = P.classify_nodes(joint, static_lifetime_input_indices or [], num_fwd_outputs)
+    info = partitioners().classify_nodes(joint, static_lifetime_input_indices or [],
+                                         num_fwd_outputs)
     fwd_nodes = _forward_set(info)
     saved_set = set(saved_names)
     saved_values: list[fx.Node] = []
     saved_syms: list[fx.Node] = []
     for node in joint.graph.nodes:
-        is_primal = node.op == "placeholder" and P._is_primal(node)
+        is_primal = node.op == "placeholder" and partitioners()._is_primal(node)
         # Symbolic sizes cross as the primals that bind them, and every integer size the
         # forward computes crosses as itself: recomputed in backward, `sym_size(t, d)` would
         # keep the whole tensor t alive just to read one dimension. Derived SymFloats (batch
@@ -64,7 +67,7 @@ def split_joint(joint: fx.GraphModule, saved_names: Iterable[str], *, num_fwd_ou
         if not (is_primal or node.name in saved_set or forward_size):
             continue
         (saved_syms if _is_sym(node) else saved_values).append(node)
-    fwd, bwd = P._extract_fwd_bwd_modules(
+    fwd, bwd = partitioners()._extract_fwd_bwd_modules(
         joint, saved_values, saved_sym_nodes=saved_syms, num_fwd_outputs=num_fwd_outputs,
         static_lifetime_input_nodes=info.static_lifetime_input_nodes)
     recomputed = tuple(n.name for n in bwd.graph.nodes

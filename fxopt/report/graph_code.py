@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from fxopt.compat import OpOverload, OpOverloadPacket
 from fxopt.plan import Inserted, inserted_by
 
 # Short dtype names, as in PyTorch's `print_readable` (f32[8, 64]).
@@ -83,9 +84,9 @@ def _format_arg(arg: Any, full: bool) -> str:
 
 
 def _target_name(target: Any) -> str:
-    if isinstance(target, torch._ops.OpOverload):
+    if isinstance(target, OpOverload):
         return str(target)  # e.g. "aten.mm.default"
-    if isinstance(target, torch._ops.OpOverloadPacket):
+    if isinstance(target, OpOverloadPacket):
         return str(target)
     module = getattr(target, "__module__", "") or ""
     name = getattr(target, "__name__", repr(target))
