@@ -108,7 +108,7 @@ def run_case(case: Case, partition: str, with_op_times: bool = False):
     """Measure one case in a subprocess; return the measurement and the predicted timelines."""
     from benchmarks.measure import measure_in_subprocess
     from fxopt.cost_models.memory import simulate_partition, simulate_plan
-    from fxopt.cost_models.plan import saved_names
+    from fxopt.cost_models.partition_view import saved_names
 
     m = measure_in_subprocess(case.builder, case.kwargs, partitioner=partition,
                               with_op_times=with_op_times)

@@ -201,8 +201,8 @@ class GraphView:
 
         For a joint graph pass ``num_fwd_outputs`` (as the partitioner receives it): a node is
         backward if it depends on a tangent, forward otherwise (it could run in the forward;
-        whether it does is the plan's business, see ``cost_models.plan``).  For a single graph
-        pass ``side``.  ``static_lifetime_input_indices`` (primal positions that are
+        whether it does is the plan's business, see ``cost_models.partition_view``).  For a
+        single graph pass ``side``.  ``static_lifetime_input_indices`` (primal positions that are
         parameters or buffers) separates parameters from user inputs; without it every primal
         is a parameter unless it is a placeholder named ``primals_*`` whose index is unknown,
         which only changes labels, not memory (both are fixed).

@@ -9,10 +9,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from fxopt.cost_models.device import DeviceProfile
+from fxopt.cost_models.device import Hardware
 from fxopt.cost_models.fusion import FusionRules, Kernel, kernels_of
 from fxopt.cost_models.memory import Key, simulate_steps, steps_of_partition
-from fxopt.cost_models.plan import keep_everything, split_joint
+from fxopt.cost_models.partition_view import keep_everything, split_view
 from fxopt.cost_models.runtime import cast_seconds, kernel_seconds, transfer_seconds
 from fxopt.graph import GraphView, OpKind, Side
 from fxopt.lowbit_rules import LowbitRules, SavedTensorFacts, decide
@@ -64,14 +64,14 @@ def _unsafe(joint: GraphView, kernel: Kernel | None, name: str) -> str | None:
     return None
 
 
-def build_problem(joint: GraphView, profile: DeviceProfile, *, host_is_device: bool = False,
+def build_problem(joint: GraphView, profile: Hardware, *, host_is_device: bool = False,
                   lowbit_rules: LowbitRules | None = None) -> BuiltProblem:
     """The planning problem of one joint graph, on the keep-everything schedule.
 
     Offload and low-bit costs are filled in for every eligible tensor whatever the options
     allow (the solver's options restrict the choices), so an infeasible budget can say which
     option would have reached it."""
-    fwd, bwd = split_joint(joint, keep_everything(joint))
+    fwd, bwd = split_view(joint, keep_everything(joint))
     rules = FusionRules(addmm_guard=True)  # the schedule pass runs on every rewritten graph
     steps, initial, kept, num_fwd = steps_of_partition(fwd, bwd, rules)
     kernels = {k.name: k for k in kernels_of(fwd, rules)}
@@ -169,7 +169,7 @@ def build_problem(joint: GraphView, profile: DeviceProfile, *, host_is_device: b
 # own partitioner recomputes such values for free for the same reason; pricing them as a
 # standalone kernel made fxopt keep them, above PyTorch's peak at no gain in time.
 def _recompute_us(joint: GraphView, fwd: GraphView, kernel: Kernel | None, name: str,
-                  nbytes: int, profile: DeviceProfile) -> int:
+                  nbytes: int, profile: Hardware) -> int:
     if kernel is None:
         return 0
     consumers = [joint[u] for u in joint[name].users if u in joint.by_name]

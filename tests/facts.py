@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import sympy
 
-from fxopt.cost_models.device import DeviceProfile
-from fxopt.cost_models.plan import needed_by_backward
+from fxopt.cost_models.device import Hardware
+from fxopt.cost_models.partition_view import needed_by_backward
 from fxopt.cost_models.runtime import node_seconds
 from fxopt.graph import GraphView, OpKind, Side
 
@@ -43,7 +43,7 @@ class TensorFacts:
     inputs: tuple[str, ...]
 
 
-def tensor_facts(joint: GraphView, profile: DeviceProfile,
+def tensor_facts(joint: GraphView, profile: Hardware,
                  names: Iterable[str] | None = None) -> dict[str, TensorFacts]:
     """Facts for ``names`` (default: every forward value a backward node reads)."""
     wanted = sorted(needed_by_backward(joint) if names is None else set(names),

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from fxopt.cost_models.fusion import kernels_of
 from fxopt.cost_models.memory import Step, simulate_partition, simulate_plan, simulate_steps
-from fxopt.cost_models.plan import keep_everything, saved_names, split_joint
+from fxopt.cost_models.partition_view import keep_everything, saved_names, split_view
 from fxopt.graph import GraphView, Node, OpKind, Role, Side, TensorMeta
 from tests.test_graph import capture_joint
 
@@ -273,7 +273,7 @@ def test_plan_simulation_matches_partition_simulation() -> None:
     by_partition = simulate_partition(fwd, bwd).peak_bytes
     by_plan = simulate_plan(joint, saved_names(bwd)).peak_bytes
     assert abs(by_plan - by_partition) <= 0.05 * by_partition
-    f2, b2 = split_joint(joint, keep_everything(joint))
+    f2, b2 = split_view(joint, keep_everything(joint))
     assert saved_names(b2) == keep_everything(joint)
     computed_in_fwd = {n.name for n in f2.nodes
                        if n.kind not in (OpKind.PLACEHOLDER, OpKind.OUTPUT)}
@@ -282,6 +282,6 @@ def test_plan_simulation_matches_partition_simulation() -> None:
                   and n.name in computed_in_fwd]
     assert not recomputed, "keep-everything recomputes nothing"
     # The min-cut plan recomputes some forward values in the backward.
-    _, b3 = split_joint(joint, saved_names(bwd))
+    _, b3 = split_view(joint, saved_names(bwd))
     assert any(joint[n.name].side is Side.FWD for n in b3.nodes
                if n.kind not in (OpKind.PLACEHOLDER, OpKind.OUTPUT))

@@ -14,11 +14,11 @@ import torch
 import fxopt
 import fxopt.pipeline
 from examples.gpt import GPT, GPTConfig
-from fxopt.cost_models.device import DeviceProfile
+from fxopt.cost_models.device import Hardware
 
 
-def cpu_profile(overhead_s: float, flops: float, bandwidth: float) -> DeviceProfile:
-    return DeviceProfile("cpu", {"float32": flops, "bfloat16": flops / 2, "float16": flops / 2},
+def cpu_profile(overhead_s: float, flops: float, bandwidth: float) -> Hardware:
+    return Hardware("cpu", {"float32": flops, "bfloat16": flops / 2, "float16": flops / 2},
                          bandwidth, bandwidth, overhead_s, 2**34)
 
 
@@ -27,7 +27,7 @@ def cpu_profile(overhead_s: float, flops: float, bandwidth: float) -> DeviceProf
     cpu_profile(1e-6, 1.6e11, 3e10),
     cpu_profile(2.5e-6, 1.6e11, 3e10),
 ], ids=["fast-matmul", "low-overhead", "calibrated"])
-def test_rewritten_peak_is_the_planned_peak(profile: DeviceProfile,
+def test_rewritten_peak_is_the_planned_peak(profile: Hardware,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fxopt.pipeline, "get_profile", lambda name: profile)
     cfg = GPTConfig(n_layer=2, n_embd=128, n_head=4, block_size=256, vocab_size=512)

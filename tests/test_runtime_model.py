@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from benchmarks.measure import measure_node_times, spearman
-from fxopt.cost_models.device import PROFILES, DeviceProfile, calibrate_cpu, get_profile
+from fxopt.cost_models.device import PROFILES, Hardware, calibrate_cpu, get_profile
 from fxopt.cost_models.runtime import (
     cast_seconds,
     graph_seconds,
@@ -21,7 +21,7 @@ from fxopt.graph import OpKind, Side
 from tests.facts import tensor_facts
 from tests.test_graph import capture_joint
 
-FLAT = DeviceProfile("test", {"float32": 1e12}, 1e11, 1e10, 0.0, 2**30)
+FLAT = Hardware("test", {"float32": 1e12}, 1e11, 1e10, 0.0, 2**30)
 
 
 class MLP(nn.Module):

@@ -4,12 +4,12 @@
 * :mod:`~fxopt.cost_models.memory`: liveness simulation, live bytes at every kernel and the peak
   (``simulate_partition`` for a partitioner's forward/backward graphs, ``simulate_plan`` for
   the joint graph plus a saved set).
-* :mod:`~fxopt.cost_models.plan`: joint graph + saved set -> forward/backward views.
+* :mod:`~fxopt.cost_models.partition_view`: joint graph + saved set -> forward/backward views.
 * :mod:`~fxopt.cost_models.runtime`: roofline per node or kernel, transfers, casts, measured mode.
 * :mod:`~fxopt.cost_models.device`: device profiles (datasheets; CPU calibrated).
 """
 
-from fxopt.cost_models.device import DeviceProfile, calibrate_cpu, get_profile
+from fxopt.cost_models.device import Hardware, calibrate_cpu, get_profile
 from fxopt.cost_models.fusion import FusionRules, Kernel, kernels_of
 from fxopt.cost_models.memory import (
                                       MemoryStep,
@@ -19,12 +19,12 @@ from fxopt.cost_models.memory import (
                                       simulate_plan,
                                       simulate_steps,
 )
-from fxopt.cost_models.plan import keep_everything, saved_names, split_joint
+from fxopt.cost_models.partition_view import keep_everything, saved_names, split_view
 from fxopt.cost_models.runtime import cast_seconds, graph_seconds, node_seconds, transfer_seconds
 
 __all__ = [
-    "DeviceProfile", "FusionRules", "Kernel", "MemoryStep", "MemoryTimeline", "Step",
+    "Hardware", "FusionRules", "Kernel", "MemoryStep", "MemoryTimeline", "Step",
     "calibrate_cpu", "cast_seconds", "get_profile", "graph_seconds",
     "keep_everything", "kernels_of", "node_seconds", "saved_names", "simulate_partition",
-    "simulate_plan", "simulate_steps", "split_joint", "transfer_seconds",
+    "simulate_plan", "simulate_steps", "split_view", "transfer_seconds",
 ]

@@ -21,14 +21,14 @@ import torch
 
 from fxopt.config import cache_root
 
-__all__ = ["DeviceProfile", "get_profile", "calibrate_cpu", "PROFILES"]
+__all__ = ["Hardware", "get_profile", "calibrate_cpu", "PROFILES"]
 
 TB = 1e12
 GB = 1e9
 
 
 @dataclass(frozen=True)
-class DeviceProfile:
+class Hardware:
     """Throughputs in FLOP/s and bytes/s; ``overhead_s`` is the fixed cost of one kernel."""
 
     name: str
@@ -63,18 +63,18 @@ _A100_SRC = ("NVIDIA A100 Tensor Core GPU datasheet, A100 80GB SXM column: FP32 
              "BF16/FP16 Tensor Core 312 TFLOPS (dense), GPU memory 80 GB HBM2e, bandwidth "
              "2,039 GB/s; host link PCIe Gen4")
 
-PROFILES: dict[str, DeviceProfile] = {
-    "h100": DeviceProfile(
+PROFILES: dict[str, Hardware] = {
+    "h100": Hardware(
         "h100", {"float32": 67 * TB, "bfloat16": 989 * TB, "float16": 989 * TB,
                  "float8_e4m3fn": 1979 * TB},
         3.35 * TB, _PCIE5_X16, _GPU_LAUNCH_S, 80 * 2**30,
         {"compute": _H100_SRC, "memory": _H100_SRC, "host_link": "PCI-SIG PCIe 5.0 x16"}),
-    "h200": DeviceProfile(
+    "h200": Hardware(
         "h200", {"float32": 67 * TB, "bfloat16": 989 * TB, "float16": 989 * TB,
                  "float8_e4m3fn": 1979 * TB},
         4.8 * TB, _PCIE5_X16, _GPU_LAUNCH_S, 141 * 10**9,
         {"compute": _H200_SRC, "memory": _H200_SRC, "host_link": "PCI-SIG PCIe 5.0 x16"}),
-    "a100": DeviceProfile(
+    "a100": Hardware(
         "a100", {"float32": 19.5 * TB, "bfloat16": 312 * TB, "float16": 312 * TB},
         2.039 * TB, _PCIE4_X16, _GPU_LAUNCH_S, 80 * 2**30,
         {"compute": _A100_SRC, "memory": _A100_SRC, "host_link": "PCI-SIG PCIe 4.0 x16"}),
@@ -132,7 +132,7 @@ def _store_calibration(path: Path, values: dict[str, float]) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def calibrate_cpu(threads: int | None = None) -> DeviceProfile:
+def calibrate_cpu(threads: int | None = None) -> Hardware:
     """This machine's profile: fp32 matmul FLOP/s, copy bandwidth and per-op overhead.
 
     Uses ``threads`` (default: ``torch.get_num_threads()``). Measured once per machine and
@@ -151,7 +151,7 @@ def calibrate_cpu(threads: int | None = None) -> DeviceProfile:
     except (ValueError, OSError, AttributeError):
         mem = 0
     how = f"calibrated on this machine with {threads} thread(s), kept in {path}"
-    return DeviceProfile("cpu", {"float32": flops, "bfloat16": flops / 2, "float16": flops / 2,
+    return Hardware("cpu", {"float32": flops, "bfloat16": flops / 2, "float16": flops / 2,
                                  "float64": flops / 2},
                          bandwidth, bandwidth, values["overhead_s"], mem,
                          {"compute": f"512x512 fp32 matmul, {how}",
@@ -179,7 +179,7 @@ def _measure_cpu(threads: int) -> dict[str, float]:
             "overhead_s": overhead}
 
 
-def get_profile(name: str = "auto") -> DeviceProfile:
+def get_profile(name: str = "auto") -> Hardware:
     """``"h100"``, ``"h200"``, ``"a100"``, ``"cpu"`` or ``"auto"`` (the CUDA device if any,
     matched by name, else this CPU)."""
     key = name.lower()

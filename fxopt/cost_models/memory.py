@@ -7,7 +7,7 @@ Two entry points, both returning a :class:`MemoryTimeline`:
   (``tests/test_memory_accuracy.py``), because it sees precisely what gets saved and recomputed.
 * :func:`simulate_plan` takes the joint graph and a plan (the set of forward nodes whose outputs
   are saved); the rest of what the backward needs is recomputed just before its first backward
-  use (see :func:`fxopt.cost_models.plan.split_joint`).
+  use (see :func:`fxopt.cost_models.partition_view.split_view`).
 
 Both reduce to :func:`simulate_steps` on plain :class:`Step` data, which the property tests
 compare with a brute-force reference.
@@ -222,7 +222,7 @@ def simulate_partition(fwd: GraphView, bwd: GraphView, rules: FusionRules = Fusi
 def simulate_plan(joint: GraphView, saved: Iterable[str], rules: FusionRules = FusionRules()
                   ) -> MemoryTimeline:
     """Predict the timeline when the forward saves exactly ``saved`` (forward node names)."""
-    from fxopt.cost_models.plan import split_joint
+    from fxopt.cost_models.partition_view import split_view
 
-    fwd, bwd = split_joint(joint, saved)
+    fwd, bwd = split_view(joint, saved)
     return simulate_partition(fwd, bwd, rules)

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from fxopt.graph import GraphView, Node, OpKind, Role, Side, closure
 
-__all__ = ["split_joint", "keep_everything", "saved_names", "needed_by_backward",
+__all__ = ["split_view", "keep_everything", "saved_names", "needed_by_backward",
            "forward_required"]
 
 
@@ -78,7 +78,7 @@ def _rebuild(nodes: list[Node], outputs: list[str], side: Side) -> GraphView:
     return GraphView(tuple(rebuilt + [out_node]), 0, tuple(outputs))
 
 
-def split_joint(joint: GraphView, saved: Iterable[str]) -> tuple[GraphView, GraphView]:
+def split_view(joint: GraphView, saved: Iterable[str]) -> tuple[GraphView, GraphView]:
     """Forward and backward views for the plan that saves exactly ``saved``.
 
     The forward computes the user outputs and the saved values; the backward starts from the
