@@ -365,6 +365,8 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
             f"{what} leaves this graph {format_bytes(max(asked, 0))}, below the smallest peak "
             f"fxopt reaches for it; planned for that, {format_bytes(budget)}{then}",))
     stages.append(Stage("solve, passes and check", time.perf_counter() - t0))
+    stages += [Stage(name, applied.seconds.get(name, 0.0), fwd_code, bwd_code)
+               for name, fwd_code, bwd_code in applied.programs]
     keep_line = Timeline("keep everything", baseline.memory, built.problem.num_fwd_steps)
     tensors = tuple(
         TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind.value, _cost_us(cand, d),

@@ -209,3 +209,14 @@ def test_explain_keeps_the_users_dynamic_dimensions():
     dims = [d for n in placeholders for d in n.meta["val"].shape]
     assert any(isinstance(d, torch.SymInt) and not isinstance(d.node.expr, sympy.Integer)
                for d in dims)
+
+
+def test_report_repr_is_short_and_every_pass_program_is_kept():
+    report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.9)[0]
+    assert len(repr(report)) < 600 and repr(report).startswith("<Report fxopt.explain graph 0")
+    assert "compiled in" in report.summary()
+    recompute = report.program("recompute")
+    assert "# forward after recompute" in recompute and "def forward" in recompute
+    assert "def forward" in report.program("split") and "def forward" in report.program("schedule")
+    with pytest.raises(KeyError, match="kept"):
+        report.program("no such pass")

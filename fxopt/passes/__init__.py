@@ -34,6 +34,13 @@ class AppliedPlan:
     bwd: fx.GraphModule
     recomputed: tuple[str, ...]  # forward nodes the backward graph runs again
     seconds: dict[str, float]
+    # (pass, forward code, backward code) after each pass, in PASSES order: every stage's
+    # program can be read (report.program("recompute"))
+    programs: tuple[tuple[str, str, str], ...] = ()
+
+
+def _code(gm: fx.GraphModule) -> str:
+    return gm.graph.python_code("self").src
 
 
 def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
@@ -48,12 +55,14 @@ def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
     fwd, bwd, recomputed = split_joint(joint, saved, num_fwd_outputs=num_fwd_outputs,
                                        static_lifetime_input_indices=static_lifetime_input_indices)
     seconds["split"] = time.perf_counter() - t0
+    programs = [("split", _code(fwd), _code(bwd))]
     t0 = time.perf_counter()
     restore = {d.name: step_names[d.restore_step] for d in plan.decisions
                if d.kind is Kind.RECOMPUTE and d.restore_step is not None
                and d.restore_step < len(step_names)}
     bwd = place_recomputation(bwd, recomputed, restore)
     seconds["recompute"] = time.perf_counter() - t0
+    programs.append(("recompute", _code(fwd), _code(bwd)))
     t0 = time.perf_counter()
     payloads: dict[str, str] = {}
     for d in plan.decisions:
@@ -61,6 +70,7 @@ def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
             assert d.fmt is not None
             payloads[d.name] = apply_lowbit(fwd, bwd, d.name, d.fmt, num_fwd_outputs)
     seconds["lowbit"] = time.perf_counter() - t0
+    programs.append(("lowbit", _code(fwd), _code(bwd)))
     t0 = time.perf_counter()
     for d in plan.decisions:
         if d.kind.offloaded:
@@ -68,6 +78,7 @@ def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
                 d.restore_step < len(step_names) else None
             apply_offload(fwd, bwd, payloads.get(d.name, d.name), num_fwd_outputs, at)
     seconds["offload"] = time.perf_counter() - t0
+    programs.append(("offload", _code(fwd), _code(bwd)))
     t0 = time.perf_counter()
     for gm in (fwd, bwd):
         keep_matmuls_in_place(gm)
@@ -75,5 +86,6 @@ def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
     for gm in (fwd, bwd):
         gm.graph.lint()
         gm.recompile()
-    return AppliedPlan(fwd, bwd, recomputed, seconds)
+    programs.append(("schedule", fwd.code, bwd.code))
+    return AppliedPlan(fwd, bwd, recomputed, seconds, tuple(programs))
 

@@ -23,10 +23,12 @@ class SavedTensor:
 
 @dataclass(frozen=True)
 class Stage:
-    """One stage of a compile and how long it took."""
+    """One stage of a compile, how long it took and, for a pass, the program after it."""
 
     name: str
     seconds: float
+    forward_code: str = field(default="", repr=False)
+    backward_code: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,19 @@ class Report:
         """Device bytes of the saved activations, held from the forward to the backward."""
         return sum(s.nbytes for s in self.saved if not (s.host or s.parameter))
 
+    def program(self, stage: str) -> str:
+        """The forward and backward graphs as Python after a stage (`"split"`, `"recompute"`,
+        `"lowbit"`, `"offload"`, `"schedule"`): every pass's output can be read."""
+        for s in self.stages:
+            if s.name == stage and (s.forward_code or s.backward_code):
+                return f"# forward after {stage}\n{s.forward_code}\n" \
+                       f"# backward after {stage}\n{s.backward_code}"
+        kept = [s.name for s in self.stages if s.forward_code or s.backward_code]
+        raise KeyError(f"no program kept after stage {stage!r}; kept: {kept}")
+
+    def __repr__(self) -> str:
+        return f"<Report {self.summary()}>"
+
     def summary(self) -> str:
         if self.error:
             return f"{self.title}: error: {self.error}"
@@ -125,13 +140,15 @@ class Report:
         if self.peak_bytes is not None and self.baseline_peak_bytes is not None:
             peak = (f"; predicted peak {format_bytes(self.peak_bytes)} (keep-everything "
                     f"{format_bytes(self.baseline_peak_bytes)})")
-        budget = format_bytes(self.budget_bytes) if self.budget_bytes is not None else "none"
+        budget = (format_bytes(self.budget_bytes) if self.budget_bytes is not None else
+                  f"{self.options.budget} (not planned)" if self.options.budget is not None
+                  else "none")
         if self.coupling is not None and self.coupling.held_before:
             budget += f" (beside {format_bytes(self.coupling.held_before)} held by earlier graphs)"
         return (f"{self.title}: {self.strategy}{fallback}; budget {budget}{peak}; "
                 f"{self.joint_ops} joint ops -> {self.forward_ops} fwd + {self.backward_ops} bwd;"
                 f" {len(self.saved)} saved tensors ({format_bytes(self.saved_bytes)}); "
-                f"{self.seconds * 1e3:.0f} ms")
+                f"compiled in {self.seconds * 1e3:.0f} ms")
 
     def __str__(self) -> str:
         from fxopt.report.text import render_text
