@@ -18,6 +18,7 @@ import torch.fx as fx
 from fxopt.compat import min_cut_partition, tree_leaves
 from fxopt.config import Options, OptionsError, format_bytes
 from fxopt.pipeline import plan_joint, planned_use, saved_input_bytes, saved_tensors, timeline_of
+from fxopt.plan import Status
 from fxopt.report.model import Report, SavedTensor, Stage
 from fxopt.solver import InfeasibleBudgetError
 from fxopt.step import Coupling, GraphUse, Step, own_peak
@@ -105,7 +106,7 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
         return default_fwd, default_bwd, unplanned(
             "PyTorch default", None, peak_bytes=default_timeline.peak_bytes,
             baseline_peak_bytes=planned.baseline_peak_bytes, budget_bytes=planned.budget_bytes,
-            status="DEFAULT_LOWER", coupling=coupling,
+            status=Status.DEFAULT_LOWER, coupling=coupling,
             step_budget_bytes=planned.share.step_budget_bytes, plan_use=default_use,
             keep_use=planned.keep_use, problem=planned.built.problem,
             timelines=(planned.timelines[0], default_timeline),

@@ -16,6 +16,24 @@ LOWBIT_FORMATS = ("fp8", "int8")  # the storage formats of a low-bit saved tenso
 LOWBIT_BLOCK = 128  # elements per fp32 scale in a low-bit tensor stored by blocks
 
 
+class Status(str, enum.Enum):
+    """How a plan was found. A `str`, so that it prints, compares and serialises as its name."""
+
+    KEEP_ALL = "KEEP_ALL"  # the budget allows keeping everything
+    OPTIMAL = "OPTIMAL"  # proven cheapest over the model's choices
+    WITHIN_GAP = "WITHIN_GAP"  # within SolverOptions.relative_gap of CP-SAT's bound
+    FEASIBLE = "FEASIBLE"  # a time or round limit was hit: the best validated plan found
+    GREEDY = "GREEDY"  # CP-SAT did not improve on the greedy start in time
+    LOWEST_PEAK = "LOWEST_PEAK"  # the plan with the lowest peak found (at the edge of reach)
+    DEFAULT_LOWER = "DEFAULT_LOWER"  # PyTorch's partition was chosen: it peaks lower
+    GIVEN = "GIVEN"  # written by hand, not searched (a forced plan in a test or a benchmark)
+    INFEASIBLE = "INFEASIBLE"  # (search) no choice of the model fits
+    UNKNOWN = "UNKNOWN"  # (search) a limit was hit before any plan
+
+    def __str__(self) -> str:
+        return self.value
+
+
 class Kind(str, enum.Enum):
     KEEP = "keep"
     RECOMPUTE = "recompute"
@@ -72,12 +90,16 @@ class Plan:
     budget_bytes: int
     baseline_peak_bytes: int
     extra_time_us: int
-    status: str
+    status: Status
     solve_seconds: float
     problem_hash: str
     options_hash: str
     warnings: tuple[str, ...] = field(default=())
     objective_bound_us: int | None = None
+
+    def __post_init__(self) -> None:
+        if type(self.status) is not Status:  # read back from JSON
+            object.__setattr__(self, "status", Status(self.status))
 
     def decision(self, name: str) -> Decision:
         for d in self.decisions:

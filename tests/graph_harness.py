@@ -36,7 +36,7 @@ def test_plan(keep: list[str], recompute: list[str], other: tuple[Decision, ...]
     decisions = tuple([Decision(n, Kind.KEEP) for n in keep]
                       + [Decision(n, Kind.RECOMPUTE, restore_step=0) for n in recompute]) + other
     return Plan(decisions=decisions, peak_bytes=0, budget_bytes=0, baseline_peak_bytes=0,
-                extra_time_us=0, status="TEST", solve_seconds=0.0, problem_hash="",
+                extra_time_us=0, status="GIVEN", solve_seconds=0.0, problem_hash="",
                 options_hash="")
 
 

@@ -148,7 +148,7 @@ def test_non_keep_needs_a_reader() -> None:
 
 
 def _plan(p: Problem, decisions: list[Decision], peak: int, extra: int, budget: int) -> Plan:
-    return Plan(tuple(decisions), peak, budget, peak, extra, "TEST", 0.0, p.content_hash, "x")
+    return Plan(tuple(decisions), peak, budget, peak, extra, "GIVEN", 0.0, p.content_hash, "x")
 
 
 def test_validate_checks_records_and_budget() -> None:

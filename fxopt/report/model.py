@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fxopt.config import Options, format_bytes
+from fxopt.plan import Status
 from fxopt.step import Coupling, GraphUse, step_peak
 
 
@@ -85,7 +86,7 @@ class Report:
     backward_graph: Any = field(repr=False, compare=False)
     index: int = -1  # position in the process-wide list, or in the explained step
     source: str = "backend"  # "backend" (a compile) or "explain" (fxopt.explain)
-    status: str = ""  # solver status ("OPTIMAL", "FEASIBLE", "GREEDY", ...), "" when not planned
+    status: Status | str = ""  # how the plan was found (fxopt.plan.Status); "" if not planned
     extra_time_us: int = 0  # estimated time the plan adds to the step
     default_peak_bytes: int | None = None  # predicted peak of PyTorch's default partition
     tensors: tuple[TensorRow, ...] = ()  # every planned tensor

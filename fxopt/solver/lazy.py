@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from fxopt.plan import Decision
+from fxopt.plan import Decision, Status
 from fxopt.solver.cpsat import DETERMINISTIC_SHARE, Model, add_rows, build, decode, hint, parameters
 from fxopt.solver.options import SolverOptions
 from fxopt.solver.problem import Problem
@@ -37,13 +37,13 @@ class _Callback(cp_model.CpSolverSolutionCallback):
 @dataclass
 class LazyResult:
     """best: best valid decisions and their simulation (None if none was found).
-    status: "OPTIMAL" (proven over the model's choices), "WITHIN_GAP" (within
-    opts.relative_gap of the bound), "FEASIBLE" (a time or round limit was hit),
-    "INFEASIBLE" (no choice of the model fits), "UNKNOWN" (a limit was hit before any plan).
+    status: OPTIMAL (proven over the model's choices), WITHIN_GAP (within opts.relative_gap
+    of the bound), FEASIBLE (a time or round limit was hit), INFEASIBLE (no choice of the model
+    fits), UNKNOWN (a limit was hit before any plan): see `fxopt.plan.Status`.
     bound: the solver's last proven bound on the objective (µs, or bytes in min-peak mode)."""
 
     best: tuple[tuple[Decision, ...], Simulation] | None
-    status: str
+    status: Status
     bound: int | None
     rounds: int
     rows: int
@@ -111,11 +111,11 @@ def solve_lazy(problem: Problem, opts: SolverOptions, budget: int | None,
         cap = budget
     add_rows(mdl, cap, initial_rows(problem, sims))
     det_left = opts.time_limit_s * DETERMINISTIC_SHARE
-    status, bound, warnings, rounds = "UNKNOWN", None, [], 0
+    status, bound, warnings, rounds = Status.UNKNOWN, None, [], 0
     while rounds < opts.lazy_rounds:
         wall_left = deadline - time.monotonic()
         if wall_left <= 0 or det_left <= 0:
-            status = "FEASIBLE" if run.best else "UNKNOWN"
+            status = Status.FEASIBLE if run.best else Status.UNKNOWN
             break
         rounds += 1
         hint(mdl, run.hint[0] if run.hint else starts[0])
@@ -126,24 +126,24 @@ def solve_lazy(problem: Problem, opts: SolverOptions, budget: int | None,
         if code == cp_model.MODEL_INVALID:
             raise RuntimeError(f"internal error: invalid CP-SAT model: {mdl.model.validate()}")
         if code == cp_model.INFEASIBLE:
-            status = "INFEASIBLE"
+            status = Status.INFEASIBLE
             break
         if cb.violated:  # stopped early: model the broken steps and go again
             add_rows(mdl, cap, cb.violated)
             continue
         if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             bound = math.ceil(solver.best_objective_bound - 1e-6)
-            status = "FEASIBLE"
+            status = Status.FEASIBLE
             if code == cp_model.OPTIMAL and run.best is not None:  # proven, or within the gap
-                status = "OPTIMAL" if bound >= run.key(run.best[1])[0] else "WITHIN_GAP"
+                status = Status.OPTIMAL if bound >= run.key(run.best[1])[0] else Status.WITHIN_GAP
             if code == cp_model.FEASIBLE and wall_left - solver.wall_time <= 0.05 \
                     and opts.deterministic:
                 warnings.append("the wall-clock limit stopped CP-SAT before its deterministic "
                                 "limit: plans may differ between ranks; raise time_limit_s")
             break
-        status = "FEASIBLE" if run.best else "UNKNOWN"  # cp_model.UNKNOWN: out of time
+        status = Status.FEASIBLE if run.best else Status.UNKNOWN  # cp_model.UNKNOWN: out of time
         break
     else:
-        status = "FEASIBLE" if run.best else "UNKNOWN"
+        status = Status.FEASIBLE if run.best else Status.UNKNOWN
         warnings.append(f"stopped after {rounds} lazy rounds with memory rows still missing")
     return LazyResult(run.best, status, bound, rounds, len(mdl.rows), warnings)

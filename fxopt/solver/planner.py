@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from fxopt.plan import Decision, Plan
+from fxopt.plan import Decision, Plan, Status
 from fxopt.solver.cache import PlanCache, cache_key
 from fxopt.solver.errors import InfeasibleBudgetError, NoPlanFoundError
 from fxopt.solver.greedy import greedy
@@ -31,7 +31,7 @@ from fxopt.solver.validate import Simulation, keep_all, simulate, validate
 
 
 def _plan(problem: Problem, decisions: Sequence[Decision], sim: Simulation, budget: int,
-          baseline: int, status: str, t0: float, opts: SolverOptions,
+          baseline: int, status: Status, t0: float, opts: SolverOptions,
           warnings: Sequence[str], bound: int | None = None) -> Plan:
     return Plan(decisions=tuple(decisions), peak_bytes=sim.peak_bytes, budget_bytes=budget,
                 baseline_peak_bytes=baseline, extra_time_us=sim.extra_time_us, status=status,
@@ -49,7 +49,7 @@ def _lowest_peak(problem: Problem, opts: SolverOptions, time_s: float
     assert res.best is not None  # the greedy start is always valid
     decisions, sim = res.best
     peak = sim.peak_bytes
-    return tuple(decisions), sim, res.status == "OPTIMAL" or (
+    return tuple(decisions), sim, res.status == Status.OPTIMAL or (
         res.bound is not None and res.bound >= peak)
 
 
@@ -65,7 +65,8 @@ def _infeasible(problem: Problem, opts: SolverOptions, budget: int, baseline: in
     peak = sim.peak_bytes
     if cache is not None:  # the minimum the error names is then a budget solve() meets at once
         cache.store(cache_key(problem, opts, peak),
-                    _plan(problem, decisions, sim, peak, baseline, "LOWEST_PEAK", t0, opts, []))
+                    _plan(problem, decisions, sim, peak, baseline, Status.LOWEST_PEAK, t0, opts,
+                          []))
     alternatives: dict[str, int] = {}
     variants = []
     if not opts.allow_offload and opts.offload_available:
@@ -98,7 +99,8 @@ def solve(problem: Problem, budget: float | int, options: SolverOptions | None =
     if cache is not None and (hit := cache.load(key, problem)) is not None:
         return hit
     if base.peak_bytes <= budget_b:
-        plan = _plan(problem, base_dec, base, budget_b, base.peak_bytes, "KEEP_ALL", t0, opts, [])
+        plan = _plan(problem, base_dec, base, budget_b, base.peak_bytes, Status.KEEP_ALL, t0,
+                     opts, [])
     else:
         plan = _search(problem, opts, budget_b, base.peak_bytes, t0, deadline, cache)
     validate(problem, plan)
@@ -117,16 +119,16 @@ def _search(problem: Problem, opts: SolverOptions, budget: int, baseline: int, t
     res = solve_lazy(problem, opts, budget, starts, deadline,
                      fallback[0] if fallback is not None else None)
     warnings = list(res.warnings)
-    if res.best is None and res.status != "INFEASIBLE":
+    if res.best is None and res.status != Status.INFEASIBLE:
         # A budget at (or just above) the smallest peak: the time-limited search for the
         # cheapest plan can miss what a search for the lowest peak finds.
         decisions, sim, _ = _lowest_peak(problem, opts, max(opts.time_limit_s / 2, 0.5))
         if sim.peak_bytes <= budget:
-            return _plan(problem, decisions, sim, budget, baseline, "LOWEST_PEAK", t0, opts,
+            return _plan(problem, decisions, sim, budget, baseline, Status.LOWEST_PEAK, t0, opts,
                          [*warnings, "no cheapest plan was found in time; using the plan with "
                           "the lowest peak (raise time_limit_s for a faster one)"])
     if res.best is None:
-        if res.status == "INFEASIBLE":
+        if res.status == Status.INFEASIBLE:
             raise _infeasible(problem, opts, budget, baseline, cache, t0)
         raise NoPlanFoundError(
             f"no plan within the budget of {budget} B was found in {opts.time_limit_s} s "
@@ -134,11 +136,11 @@ def _search(problem: Problem, opts: SolverOptions, budget: int, baseline: int, t
     decisions, sim = res.best
     status = res.status
     from_greedy = start is not None and decisions == start[0]
-    if from_greedy and status not in ("OPTIMAL", "WITHIN_GAP"):
-        status = "GREEDY"
+    if from_greedy and status not in (Status.OPTIMAL, Status.WITHIN_GAP):
+        status = Status.GREEDY
         warnings.append(f"CP-SAT ended with {res.status} before improving on the greedy plan; "
                         "using the greedy plan (raise time_limit_s for a better one)")
-    elif status == "FEASIBLE":
+    elif status == Status.FEASIBLE:
         gap = "" if res.bound is None else \
             f" (objective {sim.objective(opts.lowbit_penalty_us)} us, bound {res.bound} us)"
         warnings.append(f"time limit reached: returning the best validated plan found{gap}")
