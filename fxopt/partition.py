@@ -20,6 +20,7 @@ from fxopt.config import Options, OptionsError, format_bytes
 from fxopt.pipeline import plan_joint, planned_use, saved_input_bytes, saved_tensors, timeline_of
 from fxopt.plan import Status
 from fxopt.report.model import Report, SavedTensor, Stage
+from fxopt.report.series import DEFAULT_SERIES
 from fxopt.solver import InfeasibleBudgetError
 from fxopt.step import Coupling, GraphUse, Step, own_peak
 from fxopt.tensor_meta import size_hint
@@ -76,7 +77,7 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
             **{**base, **fields})
 
     try:
-        default_timeline = timeline_of("PyTorch default", default_fwd, default_bwd)
+        default_timeline = timeline_of(DEFAULT_SERIES, default_fwd, default_bwd)
         planned = plan_joint(gm, options, num_fwd_outputs=num_fwd_outputs,
                              static_lifetime_input_indices=static,
                              default_use=planned_use(default_timeline, default_bwd, static),

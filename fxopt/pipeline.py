@@ -24,6 +24,7 @@ from fxopt.op_memory import on_host
 from fxopt.passes import AppliedPlan, apply_plan
 from fxopt.problem_builder import BuiltProblem, build_problem
 from fxopt.report.model import SavedTensor, Stage, TensorRow, Timeline
+from fxopt.report.series import KEEP_SERIES, PLAN_SERIES
 from fxopt.solver import (
     Candidate,
     Decision,
@@ -147,6 +148,19 @@ def _with_coupling(built: BuiltProblem, coupling: Coupling) -> BuiltProblem:
                                                                   fixed_bytes=tuple(fixed)))
 
 
+CLOSING_ROUNDS = 4  # solves of one Problem, each with the gaps the last one left (NOTE above)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One solve's plan, applied, its rewritten graphs' timeline and its peak in the step."""
+
+    plan: Plan
+    applied: AppliedPlan
+    timeline: Timeline
+    peak: int
+
+
 def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
                      solver_options: SolverOptions, num_fwd_outputs: int,
                      static: list[int] | None, strict: bool, baseline_peak: int,
@@ -155,9 +169,10 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
     InfeasibleBudgetError; otherwise it is used with a warning. `baseline_peak`: the
     keep-everything peak, which that error reports. `coupling`: see `coupled_peak`."""
     built = _with_coupling(built, coupling)
-    problem, best, refused = built.problem, None, None
+    problem, refused = built.problem, None
+    best: _Candidate | None = None
     gaps = [0] * problem.num_steps
-    for _ in range(4):
+    for _ in range(CLOSING_ROUNDS):
         try:
             plan = solve(problem, budget, solver_options, cache_dir=cache_root() / "plans")
         except InfeasibleBudgetError as err:
@@ -171,10 +186,10 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
             break  # the corrected Problem found nothing in time: judge the best plan so far
         applied = apply_plan(gm, plan, num_fwd_outputs=num_fwd_outputs,
                              static_lifetime_input_indices=static, step_names=built.step_nodes)
-        planned = timeline_of("fxopt plan", applied.fwd, applied.bwd)
+        planned = timeline_of(PLAN_SERIES, applied.fwd, applied.bwd)
         peak = coupled_peak(planned_use(planned, applied.bwd, static), coupling)
-        if best is None or peak < best[3]:
-            best = (plan, applied, planned, peak)
+        if best is None or peak < best.peak:
+            best = _Candidate(plan, applied, planned, peak)
         if peak <= budget:
             break
         new = _step_gaps(dataclasses.replace(built, problem=problem), plan, applied)
@@ -184,7 +199,7 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
         problem = dataclasses.replace(built.problem, fixed_bytes=tuple(
             f + g for f, g in zip(built.problem.fixed_bytes, gaps)))
     assert best is not None
-    plan, applied, planned, peak = best
+    plan, applied, planned, peak = best.plan, best.applied, best.timeline, best.peak
     if peak > budget * (1 + TOLERANCE) and strict:
         # Only options that beat the corrected Problem's own minimum are worth naming.
         better = {} if refused is None else {
@@ -367,7 +382,7 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     stages.append(Stage("solve, passes and check", time.perf_counter() - t0))
     stages += [Stage(name, applied.seconds.get(name, 0.0), fwd_code, bwd_code)
                for name, fwd_code, bwd_code in applied.programs]
-    keep_line = Timeline("keep everything", baseline.memory, built.problem.num_fwd_steps)
+    keep_line = Timeline(KEEP_SERIES, baseline.memory, built.problem.num_fwd_steps)
     tensors = tuple(
         TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind.value, _cost_us(cand, d),
                   _reason(d.kind, info.not_recomputable, info.lowbit_rule), info.source)

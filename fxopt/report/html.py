@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from fxopt.config import format_bytes
 from fxopt.report.graph_code import CodeLine, graph_lines
+from fxopt.report.series import DEFAULT_SERIES, KEEP_SERIES, PLAN_SERIES
 from fxopt.report.text import (
     NOT_PLANNED,
     TABLE_COLUMNS,
@@ -24,8 +25,7 @@ from fxopt.report.text import (
 if TYPE_CHECKING:  # the model renders through these views (model.py imports them)
     from fxopt.report.model import Report, Timeline
 
-SERIES_COLORS = {"keep everything": "#8c8c8c", "PyTorch default": "#e8820c",
-                 "fxopt plan": "#1f6fb5"}
+SERIES_COLORS = {KEEP_SERIES: "#8c8c8c", DEFAULT_SERIES: "#e8820c", PLAN_SERIES: "#1f6fb5"}
 _FALLBACK_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#17becf")
 BUDGET_COLOR = "#d62728"
 _NUMERIC = {"bytes", "cost"}

@@ -50,7 +50,7 @@ class TensorRow:
 class Timeline:
     """Predicted live bytes at every schedule step for one partition of the graph."""
 
-    label: str  # "keep everything", "PyTorch default", "fxopt plan"
+    label: str  # KEEP_SERIES, DEFAULT_SERIES or PLAN_SERIES
     live_bytes: tuple[int, ...]
     num_fwd_steps: int  # steps [0, num_fwd_steps) are forward, the rest backward
 

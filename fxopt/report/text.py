@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from fxopt.config import format_bytes
 from fxopt.report.graph_code import graph_code
+from fxopt.report.series import DEFAULT_SERIES, KEEP_SERIES, PLAN_SERIES
 from fxopt.sources import node_source
 
 if TYPE_CHECKING:  # the model renders through these views (model.py imports them)
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # the model renders through these views (model.py imports the
 NOT_PLANNED = "not planned"
 TABLE_COLUMNS = ("name", "source", "shape", "dtype", "bytes", "choice", "cost", "reason")
 SOURCE_CELL_CHARS = 60  # the text table cuts the source cell here; HTML shows it whole
-CHART_SYMBOLS = {"keep everything": ".", "PyTorch default": "o", "fxopt plan": "#"}
+CHART_SYMBOLS = {KEEP_SERIES: ".", DEFAULT_SERIES: "o", PLAN_SERIES: "#"}
 _FALLBACK_SYMBOLS = "*+x%@"
 
 
@@ -77,13 +78,13 @@ def summary_items(report: Report) -> list[tuple[str, str]]:
     base = report.baseline_peak_bytes
     for kind, label, value in (
             ("plan", "predicted peak with the plan", report.peak_bytes),
-            ("keep everything", "predicted peak, keep everything", base),
-            ("PyTorch default", "predicted peak, PyTorch default", report.default_peak_bytes)):
+            (KEEP_SERIES, "predicted peak, keep everything", base),
+            (DEFAULT_SERIES, "predicted peak, PyTorch default", report.default_peak_bytes)):
         if value is None:
             if planned:
                 items.append((label, "not predicted"))
             continue
-        text = format_bytes(value) + ("" if kind == "keep everything" else _share(value, base))
+        text = format_bytes(value) + ("" if kind == KEEP_SERIES else _share(value, base))
         if kind == "plan" and report.budget_bytes is not None:
             text += " - within budget" if value <= report.budget_bytes else " - OVER BUDGET"
         items.append((label, text))
