@@ -17,7 +17,14 @@ import torch.fx as fx
 
 from fxopt.compat import min_cut_partition, tree_leaves
 from fxopt.config import Options, OptionsError, format_bytes
-from fxopt.pipeline import plan_joint, planned_use, saved_input_bytes, saved_tensors, timeline_of
+from fxopt.pipeline import (
+    Planned,
+    plan_joint,
+    planned_use,
+    saved_input_bytes,
+    saved_tensors,
+    timeline_of,
+)
 from fxopt.plan import Status
 from fxopt.report.model import Report, SavedTensor, Stage
 from fxopt.report.series import DEFAULT_SERIES
@@ -59,22 +66,28 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
     stages = [Stage("PyTorch partition", time.perf_counter() - t0)]
     default_timeline = None
 
-    def unplanned(strategy: str, err: Exception | None, **fields: Any) -> Report:
-        """PyTorch's partition: after an error (`err`), or chosen as the lower plan."""
-        base: dict[str, Any] = dict(
-            peak_bytes=None, baseline_peak_bytes=None, budget_bytes=None,
-            timelines=(default_timeline,) if default_timeline else ())
-        return Report(
-            options=options, strategy=strategy, plan=None,
-            fallback_reason=None if err is None else f"{type(err).__name__}: {err}",
-            solve_seconds=0.0, joint_ops=_count_ops(gm), forward_ops=_count_ops(default_fwd),
-            backward_ops=_count_ops(default_bwd), saved=saved_tensors(default_bwd, static),
-            seconds=time.perf_counter() - start, stages=tuple(stages),
-            forward_graph=default_fwd, backward_graph=default_bwd, joint_graph=gm,
+    def report(fwd: fx.GraphModule, bwd: fx.GraphModule, strategy: str,
+               planned: Planned | None = None, **fields: Any) -> Report:
+        """The one place a Report is built: what every outcome shares, what the planning knows
+        (when it got that far), and the outcome's own `fields`."""
+        default_use = (planned_use(default_timeline, default_bwd, static)
+                       if default_timeline else None)
+        common: dict[str, Any] = dict(
+            options=options, strategy=strategy, plan=None, fallback_reason=None,
+            peak_bytes=None, baseline_peak_bytes=None, budget_bytes=None, solve_seconds=0.0,
+            joint_ops=_count_ops(gm), forward_ops=_count_ops(fwd), backward_ops=_count_ops(bwd),
+            saved=saved_tensors(bwd, static), seconds=time.perf_counter() - start,
+            stages=tuple(stages), forward_graph=fwd, backward_graph=bwd, joint_graph=gm,
             default_peak_bytes=default_timeline.peak_bytes if default_timeline else None,
-            step_key=key, default_use=(planned_use(default_timeline, default_bwd, static)
-                                       if default_timeline else None),
-            **{**base, **fields})
+            timelines=(default_timeline,) if default_timeline else (), step_key=key,
+            default_use=default_use, largest_output=_largest_output(fwd, num_fwd_outputs))
+        if planned is not None:
+            common.update(
+                baseline_peak_bytes=planned.baseline_peak_bytes,
+                budget_bytes=planned.budget_bytes, problem=planned.built.problem,
+                coupling=planned.share.coupling,
+                step_budget_bytes=planned.share.step_budget_bytes, keep_use=planned.keep_use)
+        return Report(**{**common, **fields})
 
     try:
         default_timeline = timeline_of(DEFAULT_SERIES, default_fwd, default_bwd)
@@ -85,15 +98,19 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
                              share=lambda use, default: step.share(key, use, default),
                              saved_inputs=saved_input_bytes(default_bwd, static))
     except (InfeasibleBudgetError, OptionsError) as err:
-        err.report = unplanned("error", err, error=f"{type(err).__name__}: {err}",
-                               problem=getattr(err, "problem", None))
+        err.report = report(default_fwd, default_bwd, "error",
+                            fallback_reason=f"{type(err).__name__}: {err}",
+                            error=f"{type(err).__name__}: {err}",
+                            problem=getattr(err, "problem", None))
         raise
     except Exception as err:  # noqa: BLE001 - see NOTE [Fallback]; the cause is logged in full
         log.warning("fxopt: could not plan this graph (%s: %s); using PyTorch's default partition "
                     "for it", type(err).__name__, err, exc_info=True)
         if default_timeline is not None:
             step.record(key, planned_use(default_timeline, default_bwd, static), None)
-        return default_fwd, default_bwd, unplanned("PyTorch default", err)
+        return default_fwd, default_bwd, report(
+            default_fwd, default_bwd, "PyTorch default",
+            fallback_reason=f"{type(err).__name__}: {err}")
     default_use = planned_use(default_timeline, default_bwd, static)
     coupling = planned.share.coupling
     if _default_is_lower(planned.use, default_use, coupling, planned.share.budget_bytes):
@@ -104,14 +121,10 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
         log.info("fxopt: PyTorch's partition peaks at %s, below fxopt's lowest plan (%s); "
                  "using it for %s", format_bytes(own_peak(default_use, coupling)),
                  format_bytes(own_peak(planned.use, coupling)), key)
-        return default_fwd, default_bwd, unplanned(
-            "PyTorch default", None, peak_bytes=default_timeline.peak_bytes,
-            baseline_peak_bytes=planned.baseline_peak_bytes, budget_bytes=planned.budget_bytes,
-            status=Status.DEFAULT_LOWER, coupling=coupling,
-            step_budget_bytes=planned.share.step_budget_bytes, plan_use=default_use,
-            keep_use=planned.keep_use, problem=planned.built.problem,
-            timelines=(planned.timelines[0], default_timeline),
-            largest_output=_largest_output(default_fwd, num_fwd_outputs))
+        return default_fwd, default_bwd, report(
+            default_fwd, default_bwd, "PyTorch default", planned,
+            peak_bytes=default_timeline.peak_bytes, status=Status.DEFAULT_LOWER,
+            plan_use=default_use, timelines=(planned.timelines[0], default_timeline))
     plan = planned.plan
     if plan.warnings:  # said once per step (the reports of the other graphs keep theirs)
         level = logging.WARNING if step.first_warning() else logging.INFO
@@ -124,27 +137,19 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
                 "fxopt: with %s planned, %s no longer fit the step's budget of %s; re-planning "
                 "them at their next call", key, ", ".join(restale),
                 format_bytes(planned.share.step_budget_bytes or 0))
-    report = Report(
-        options=options, strategy="fxopt plan", fallback_reason=None, plan=plan,
-        peak_bytes=planned.peak_bytes, baseline_peak_bytes=planned.baseline_peak_bytes,
-        budget_bytes=planned.budget_bytes, solve_seconds=plan.solve_seconds,
-        joint_ops=_count_ops(gm), forward_ops=_count_ops(planned.fwd),
-        backward_ops=_count_ops(planned.bwd), saved=saved_tensors(planned.bwd, static),
-        seconds=time.perf_counter() - start, stages=tuple(stages) + planned.stages,
-        forward_graph=planned.fwd, backward_graph=planned.bwd, status=plan.status,
-        extra_time_us=plan.extra_time_us, default_peak_bytes=default_timeline.peak_bytes,
-        tensors=planned.tensors, timelines=(planned.timelines[0], default_timeline,
-                                            planned.timelines[1]),
-        joint_graph=gm, problem=planned.built.problem, step_key=key,
-        coupling=planned.share.coupling, step_budget_bytes=planned.share.step_budget_bytes,
-        plan_use=planned.use, default_use=default_use, keep_use=planned.keep_use,
-        largest_output=_largest_output(planned.fwd, num_fwd_outputs))
+    result = report(
+        planned.fwd, planned.bwd, "fxopt plan", planned, plan=plan,
+        peak_bytes=planned.peak_bytes, solve_seconds=plan.solve_seconds,
+        stages=tuple(stages) + planned.stages, status=plan.status,
+        extra_time_us=plan.extra_time_us, tensors=planned.tensors,
+        timelines=(planned.timelines[0], default_timeline, planned.timelines[1]),
+        plan_use=planned.use)
     if refused is not None and not step.defer_errors:
         refused.problem = planned.built.problem
         refused.report = dataclasses.replace(
-            report, error=f"{type(refused).__name__}: {refused}")
+            result, error=f"{type(refused).__name__}: {refused}")
         raise refused
-    return planned.fwd, planned.bwd, report
+    return planned.fwd, planned.bwd, result
 
 
 def _default_is_lower(fxopt_use: GraphUse, default_use: GraphUse, coupling: Coupling,
