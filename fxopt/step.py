@@ -151,6 +151,7 @@ class Step:
         self.unplanned_bytes = 0
         self.measure_note = ""
         self.measurements = 0
+        self._measured_at = -1  # `compiles` when the step was last measured
         self.compiles = 0  # graphs planned so far: a step that compiles is not measured
 
     def __len__(self) -> int:
@@ -266,8 +267,12 @@ class Step:
             budget = self.options.budget
             if budget is None or budget.nbytes is None or self._stale:
                 return None
-            peak = self._predicted()
-            if peak <= budget.nbytes * (1 + TOLERANCE):
+            peak, limit = self._predicted(), budget.nbytes * (1 + TOLERANCE)
+            # A measurement of these very plans (nothing compiled since) is the better judge.
+            measured = self.measured_peak_bytes if self._measured_at == self.compiles else None
+            if measured is not None and measured > limit:
+                peak = max(peak, measured)
+            elif peak <= limit:
                 return None
             keeps = [e.keep for e in self._entries if e.keep is not None]
             outside = (f", with the {self.unplanned_bytes} B measured outside the compiled "
@@ -319,10 +324,8 @@ class Step:
         most twice (the second time after a re-plan for what the first one found)."""
         with self._lock:
             settled = not self._stale and all(e.use is not None for e in self._entries)
-            wanted = self.measurements == 0 or (self.measurements == 1 and self.unplanned_bytes
-                                                and self.measured_peak_bytes is not None
-                                                and self.planned_peak_bytes is not None
-                                                and self._predicted() != self.planned_peak_bytes)
+            wanted = self.measurements == 0 or (self.measurements == 1
+                                                and self.unplanned_bytes > 0)
             return self.options.budget is not None and settled and bool(wanted)
 
     def _predicted(self) -> int:
@@ -334,6 +337,7 @@ class Step:
         longer fit are returned for re-planning."""
         with self._lock:
             self.measurements += 1
+            self._measured_at = self.compiles
             predicted = self._predicted()
             self.measured_peak_bytes, self.planned_peak_bytes = peak, predicted
             excess = peak - predicted

@@ -232,3 +232,17 @@ def test_measured_step_peak_holds_the_budget(tmp_path):
     assert out["measured"] is not None, "a step under a budget is measured"
     assert out["unplanned"] > 0, "the eager loss outside the graphs is found and counted"
     assert out["measured"] <= budget * 1.05, (out, budget)
+
+
+def test_a_step_measured_over_a_size_with_nothing_left_to_replan_is_refused():
+    step = Step(Options(budget=100))
+    step.share("g0", use(40, 60, 60, 50), None)
+    step.record("g0", use(40, 60, 60, 50), Coupling())
+    assert step.measured(120) == ["g0"] and step.over_budget_error() is None  # re-plan first
+    again = step.share("g0", use(40, 60, 60, 50), None)
+    step.record("g0", use(30, 45, 45, 35), again.coupling)  # as low as it goes
+    assert step.measure_due()  # once more, after the re-plan for what the first one found
+    assert step.measured(102) == [] and step.over_budget_error() is None  # within 5%
+    step.measured(110)
+    err = step.over_budget_error()
+    assert err is not None and err.min_peak_bytes == 110 and "measured outside" in str(err)
