@@ -63,6 +63,7 @@ class StepGraph:
         from fxopt.partition import copy_graph
 
         self.key = graph_key()
+        step.note_graph(self.key)
         self.options, self.step, self._kwargs = options, step, compile_kwargs
         self._source = None if _symbolic(gm) else copy_graph(gm)
         self._compiled = _compile(gm, example_inputs, options, step, self.key, **compile_kwargs)
@@ -72,15 +73,18 @@ class StepGraph:
     def __call__(self, *args: Any) -> Any:
         if self.step.is_stale(self.key):
             self._replan(args)
-        meter = None
-        first = self._calls and self.key == self.step.first_key()
-        if first and (refused := self.step.over_budget_error()) is not None:
+        starts = self._calls and self.key == self.step.start_key()
+        if starts and (refused := self.step.over_budget_error()) is not None:
             raise refused  # NOTE [Step budgets]: a size is a promise
-        if first and self.step.measure_due():
-            meter = self._meter(args)
+        if starts and self.step.measure_due():
+            self.step.meter = self._meter(args)
         self._calls += 1
         out = self._compiled(*args)
-        if meter is not None:
+        # The step ends with the backward of its first training graph, which may come after
+        # graphs without backward (NOTE [Measuring the step in training]).
+        meter = self.step.meter
+        if meter is not None and self.key == self.step.first_key():
+            self.step.meter = None
             meter.stop_after_backward(out)
         return out
 

@@ -1,10 +1,12 @@
 """Measuring the peak of a real training step while it trains, for the step budget.
 
 NOTE [Measuring the step in training]
-The step runs from the forward of its first graph to the end of that graph's backward, which
-is the last backward of the step. `StepMeter.start` is called just before the first graph's
-forward and `stop` from a hook on the autograd node of that graph's outputs, which runs when
-its backward is done (the optimizer, which runs after, is not part of the step).
+The step runs from the forward of its first graph (training or not: a graph without backward
+may run first, and what it returns is the step's) to the end of the backward of its first
+training graph, which is the last backward of the step. `StepMeter.start` is called just
+before the first graph's forward and `stop` from a hook on the autograd node of the first
+training graph's outputs, which runs when its backward is done (the optimizer, which runs
+after, is not part of the step).
 
 * CUDA: `max_memory_allocated` after `reset_peak_memory_stats`, less what was allocated at
   the start. This resets the process's peak statistics: it is done only for the few steps the

@@ -152,6 +152,8 @@ class Step:
         self.measure_note = ""
         self.measurements = 0
         self._measured_at = -1  # `compiles` when the step was last measured
+        self._order: list[str] = []  # every graph's key, training or not, in compile order
+        self.meter: Any = None  # the measurement of the step in progress
         self.compiles = 0  # graphs planned so far: a step that compiles is not measured
 
     def __len__(self) -> int:
@@ -316,8 +318,21 @@ class Step:
             self.measure_note, self.measurements = reason, 2
 
     def first_key(self) -> str | None:
+        """The first training graph: its backward is the step's last."""
         with self._lock:
             return self._entries[0].key if self._entries else None
+
+    def note_graph(self, key: str) -> None:
+        """Every graph of the compile, training or not, in the order they were compiled."""
+        with self._lock:
+            if key not in self._order:
+                self._order.append(key)
+
+    def start_key(self) -> str | None:
+        """The first graph the step runs (a graph without backward may come before the first
+        training graph): where a measurement of the step starts."""
+        with self._lock:
+            return self._order[0] if self._order else None
 
     def measure_due(self) -> bool:
         """Whether the next step is measured: under a budget, once the plans have settled, at
