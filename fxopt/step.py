@@ -279,8 +279,10 @@ class Step:
             keeps = [e.keep for e in self._entries if e.keep is not None]
             outside = (f", with the {self.unplanned_bytes} B measured outside the compiled "
                        "graphs" if self.unplanned_bytes else "")
+            # keeping everything, with what was measured outside the graphs on top
+            keep = step_peak(keeps) + self.unplanned_bytes
             return InfeasibleBudgetError(
-                budget.nbytes, peak, False, step_peak(keeps + self._tail()), {},
+                budget.nbytes, peak, False, max(keep, peak), {},
                 context=f"for the training step of {len(self._entries)} graphs, each re-planned "
                         f"as low as it goes beside the others{outside}")
 
