@@ -53,11 +53,13 @@ def train(model: nn.Module, loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
 
 
 def print_fxopt_summary() -> None:
-    """One line per graph fxopt compiled (nothing when fxopt was not used)."""
+    """One line per graph fxopt compiled and one for the step (nothing when fxopt was not
+    used)."""
     import sys
 
     fxopt = sys.modules.get("fxopt")
-    if fxopt is None:
+    if fxopt is None or not fxopt.reports():
         return
     for report in fxopt.reports():
         print(report.summary())
+    print(fxopt.step_report().summary())
