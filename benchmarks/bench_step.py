@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from benchmarks import bench_zoo
 from benchmarks.csv_out import write_csv
 
 MiB = 2**20
@@ -50,14 +49,8 @@ ACCURACY = 0.05
 # ---- child processes ---------------------------------------------------------------------------
 
 def _build(name: str, batch: int) -> tuple[Any, Any, dict, dict]:
-    import torch
-
-    from tests.zoo import ZOO, forward_loss
-
-    case = ZOO[name]
-    model, inputs, targets = case.build(batch=batch)
-    with torch.no_grad():  # a model that caches state on its first call: see bench_zoo._warm
-        forward_loss(case, model, inputs, targets)
+    case, model, inputs, targets = bench_zoo._case_inputs(name, batch, "cpu")
+    bench_zoo._warm(case, model, inputs, targets, "cpu")
     return case, model, inputs, targets
 
 
@@ -128,23 +121,7 @@ def _child_main(arg: str) -> None:
 
 
 def run_child(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    from benchmarks.measure import MEASURE_ENV
-
-    with tempfile.TemporaryDirectory() as tmp:
-        job = dict(job, out=os.path.join(tmp, "result.json"))
-        env = dict(os.environ, **MEASURE_ENV,
-                   PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-        try:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_step", "--child",
-                                   json.dumps(job)], env=env, capture_output=True, text=True,
-                                  timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout_s:.0f} s"}
-        if os.path.exists(job["out"]):
-            with open(job["out"]) as f:
-                return json.load(f)
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit {proc.returncode}: {last[:300]}"}
+    return bench_zoo.run_child(job, timeout_s, module="benchmarks.bench_step")[0]
 
 
 # ---- parent ------------------------------------------------------------------------------------

@@ -220,8 +220,10 @@ def _child_main(arg: str) -> None:
 
 # ---- parent ------------------------------------------------------------------------------------
 
-def run_child(job: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], float]:
-    """Runs one job in a fresh process; (its result or {"error": ...}, wall seconds)."""
+def run_child(job: dict[str, Any], timeout_s: float, module: str = "benchmarks.bench_zoo"
+              ) -> tuple[dict[str, Any], float]:
+    """Runs one job in a fresh process (`python -m <module> --child <job>`); (its result or
+    {"error": ...}, wall seconds)."""
     from benchmarks.measure import MEASURE_ENV
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -230,9 +232,8 @@ def run_child(job: dict[str, Any], timeout_s: float) -> tuple[dict[str, Any], fl
                    PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.bench_zoo", "--child",
-                                   json.dumps(job)], env=env, capture_output=True, text=True,
-                                  timeout=timeout_s)
+            proc = subprocess.run([sys.executable, "-m", module, "--child", json.dumps(job)],
+                                  env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout_s:.0f} s"}, time.perf_counter() - t0
         wall = time.perf_counter() - t0

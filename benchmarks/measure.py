@@ -40,7 +40,9 @@ import torch
 import torch._inductor.custom_graph_pass
 import torch.fx as fx
 
+from fxopt.config import malloc_returns_memory
 from fxopt.graph import GraphView, Side
+from fxopt.meter import restart_rss_peak, status_bytes
 
 __all__ = ["StepMeasurement", "CapturingPartitioner", "measure_step", "measure_in_subprocess",
            "MEASURE_ENV", "measure_node_times", "spearman"]
@@ -66,14 +68,6 @@ class StepMeasurement:
     device: str
     views: dict[str, GraphView] = field(default_factory=dict)  # "joint", "fwd", "bwd"
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _status_kib(field_name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field_name}; RSS measurement needs Linux")
 
 
 # NOTE [Free heap pages hide allocations]
@@ -117,17 +111,15 @@ def measure_step(step: Callable[[], object], zero_grad: Callable[[], None], *,
         torch.cuda.synchronize()
         dt = time.perf_counter() - t0
         return StepMeasurement(torch.cuda.max_memory_allocated() - base, base, dt, device)
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    if not malloc_returns_memory():
         raise RuntimeError("CPU peak measurement needs MALLOC_MMAP_THRESHOLD_=65536 set before "
                            "the process starts; use benchmarks.measure.measure_in_subprocess")
     _trim_heap()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current RSS
-    base = _status_kib("VmRSS")
+    base = restart_rss_peak()
     t0 = time.perf_counter()
     step()
     dt = time.perf_counter() - t0
-    return StepMeasurement(_status_kib("VmHWM") - base, base, dt, device)
+    return StepMeasurement(status_bytes("VmHWM") - base, base, dt, device)
 
 
 class CapturingPartitioner(torch._inductor.custom_graph_pass.CustomPartitionerFn):

@@ -41,12 +41,20 @@ def cpu_unmeasurable_reason() -> str | None:
     return None
 
 
-def _status_bytes(field: str) -> int:
+def status_bytes(field: str) -> int:
+    """A size field of /proc/self/status ("VmRSS", "VmHWM") in bytes."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/self/status has no {field}")
+    raise RuntimeError(f"/proc/self/status has no {field}; RSS measurement needs Linux")
+
+
+def restart_rss_peak() -> int:
+    """Resets the resident-set high-water mark to the current RSS; returns that RSS."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return status_bytes("VmRSS")
 
 
 class StepMeter:
@@ -64,9 +72,7 @@ class StepMeter:
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
         else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # the high-water mark restarts from the current RSS
-            self._base = _status_bytes("VmRSS")
+            self._base = restart_rss_peak()
         self.running = True
 
     def stop_after_backward(self, outputs: Any) -> bool:
@@ -87,5 +93,5 @@ class StepMeter:
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated() - self._base
         else:
-            peak = _status_bytes("VmHWM") - self._base
+            peak = status_bytes("VmHWM") - self._base
         self._done(max(peak, 0))
