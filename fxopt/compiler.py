@@ -4,6 +4,7 @@ then Inductor code generation for the forward and backward graphs."""
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -69,24 +70,72 @@ class StepGraph:
         self._compiled = _compile(gm, example_inputs, options, step, self.key, **compile_kwargs)
         self.recompiles = 0
         self._calls = 0
+        self._in_flight = 0  # runs whose backward has not run yet (NOTE [Counting runs])
+        self._wave = 0  # the most in flight since the count was last 0
 
     def __call__(self, *args: Any) -> Any:
         if self.step.is_stale(self.key):
             self._replan(args)
-        starts = self._calls and self.key == self.step.start_key()
+        # A step starts when its first graph runs with nothing in flight and ends when the
+        # last run in flight has done its backward (NOTE [Measuring the step in training]).
+        starts = self._calls and self.key == self.step.start_key() and not self.step.in_flight
         if starts and (refused := self.step.over_budget_error()) is not None:
             raise refused  # NOTE [Step budgets]: a size is a promise
-        if starts and self.step.measure_due():
+        if starts and self.step.meter is None and self.step.measure_due():
             self.step.meter = self._meter(args)
         self._calls += 1
         out = self._compiled(*args)
-        # The step ends with the backward of its first training graph, which may come after
-        # graphs without backward (NOTE [Measuring the step in training]).
-        meter = self.step.meter
-        if meter is not None and self.key == self.step.first_key():
+        if not self._count_run(out) and not self.step.in_flight \
+                and self.key == self.step.first_key() and self.step.meter is not None:
+            self.step.meter.running = False  # no backward follows: nothing to measure
             self.step.meter = None
-            meter.stop_after_backward(out)
         return out
+
+    # NOTE [Counting runs]
+    # Each run of a training graph holds its saved tensors until its backward. Runs in flight
+    # are counted from the autograd node of the run's outputs: +1 at the forward, -1 when that
+    # node's backward has run or the node is freed without one (a forward whose loss is never
+    # backpropagated). The count returns to 0 at the end of each wave (a step, or one
+    # microbatch under gradient accumulation); the most in flight during a wave is how many
+    # copies of its saved tensors the step holds at once, which the step compares with what
+    # the plan assumed (`Step.saw_copies`).
+    def _count_run(self, out: Any) -> bool:
+        """Counts a run in flight until its backward (False: it has none)."""
+        node = next((t.grad_fn for t in _leaves(out)
+                     if isinstance(t, torch.Tensor) and t.grad_fn is not None), None)
+        if node is None:
+            return False
+        self._in_flight += 1
+        self.step.in_flight += 1
+        self._wave = max(self._wave, self._in_flight)
+        done = [False]
+
+        def finish(*_: Any) -> None:
+            if done[0]:
+                return
+            done[0] = True
+            self._in_flight -= 1
+            self.step.in_flight -= 1
+            if self._in_flight == 0:
+                wave, self._wave = self._wave, 0
+                self._saw(wave)
+            meter = self.step.meter
+            if not self.step.in_flight and meter is not None:
+                self.step.meter = None
+                meter.stop()
+
+        node.register_hook(finish)
+        weakref.finalize(node, finish)
+        return True
+
+    def _saw(self, copies: int) -> None:
+        planned = self.step.copies(self.key)
+        stale = self.step.saw_copies(self.key, copies)
+        if stale:
+            log.warning("fxopt: %s had %d runs in flight before their backward (blocks sharing "
+                        "one compiled graph, or microbatches), planned for %d; re-planning %s "
+                        "(in_flight=%d plans it so from the first step)",
+                        self.key, copies, planned, ", ".join(stale), copies)
 
     def _meter(self, args: Sequence[Any]) -> Any:
         """A meter for this step (NOTE [Measuring the step in training]), or None."""
@@ -135,6 +184,12 @@ class StepGraph:
         self._compiled = _compile(copy_graph(self._source), args, self.options, self.step,
                                   self.key, **self._kwargs)
         self.recompiles += 1
+
+
+def _leaves(out: Any) -> list[Any]:
+    from torch.utils._pytree import tree_leaves
+
+    return tree_leaves(out)
 
 
 def unplanned_hint(reports: Sequence[Any]) -> str:

@@ -105,6 +105,19 @@ def parse_budget(value: Any) -> Budget | None:
     raise OptionsError(f"budget={value!r} has type {type(value).__name__}; use {BUDGET_FORMS}")
 
 
+def parse_size(value: Any, name: str) -> int:
+    """A non-negative size: bytes (int) or text such as '512MiB'."""
+    if isinstance(value, bool):
+        raise OptionsError(f"{name}={value!r} must be a size in bytes or such as '512MiB'")
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match is not None and match.group(2).lower() in _UNITS:
+            return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    raise OptionsError(f"{name}={value!r} must be a size in bytes or such as '512MiB'")
+
+
 def format_bytes(n: int | float) -> str:
     """Human-readable binary size (e.g. '1.50 GiB')."""
     value = float(n)
@@ -138,6 +151,11 @@ class Options:
     device: cost profile ('auto', 'h100', 'h200', 'a100', 'cpu').
     debug: log one line per compiled graph on the 'fxopt' logger.
     dump_dir: write every stage of every compile into this folder.
+    in_flight: how many runs of each graph hold their saved tensors at once before the first
+        reaches its backward (blocks compiled one by one sharing one graph x microbatches in
+        flight); what the step shows replaces it after the first step.
+    reserved: device memory outside the compiled graphs for the whole step (bytes or a size
+        such as '512MiB'; FSDP's unsharded parameters and gradients), taken off a size budget.
     """
 
     budget: Budget | None = None
@@ -147,6 +165,8 @@ class Options:
     device: DeviceProfile = DeviceProfile.AUTO
     debug: bool = False
     dump_dir: str | None = None
+    in_flight: int = 1
+    reserved: int = 0
 
     def __post_init__(self) -> None:
         # Normalise user-friendly forms (0.5, "fp8", "cpu") into typed values.
@@ -164,6 +184,17 @@ class Options:
         object.__setattr__(self, "time_limit_s", float(self.time_limit_s))
         if self.dump_dir is not None:
             object.__setattr__(self, "dump_dir", os.fspath(self.dump_dir))
+        if isinstance(self.in_flight, bool) or not isinstance(self.in_flight, int) \
+                or self.in_flight < 1:
+            raise OptionsError(f"in_flight={self.in_flight!r} must be a whole number >= 1 (runs "
+                               "of a graph alive at once: blocks sharing it x microbatches)")
+        object.__setattr__(self, "reserved", parse_size(self.reserved, "reserved"))
+        if self.budget is not None and self.budget.nbytes is not None \
+                and self.reserved >= self.budget.nbytes:
+            raise OptionsError(
+                f"reserved={format_bytes(self.reserved)} leaves nothing of the budget "
+                f"{format_bytes(self.budget.nbytes)} to the compiled graphs; give a budget above "
+                "the memory reserved outside them")
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)

@@ -2,11 +2,11 @@
 
 NOTE [Measuring the step in training]
 The step runs from the forward of its first graph (training or not: a graph without backward
-may run first, and what it returns is the step's) to the end of the backward of its first
-training graph, which is the last backward of the step. `StepMeter.start` is called just
-before the first graph's forward and `stop` from a hook on the autograd node of the first
-training graph's outputs, which runs when its backward is done (the optimizer, which runs
-after, is not part of the step).
+may run first, and what it returns is the step's), called with no run in flight, to the end of
+the last backward in flight (NOTE [Counting runs] in fxopt/compiler.py): blocks sharing one
+graph and microbatches of a pipeline stage are all inside it. `StepMeter.start` is called just
+before the first graph's forward and `stop` from the hook that counts the last run's backward
+as done (the optimizer, which runs after, is not part of the step).
 
 * CUDA: `max_memory_allocated` after `reset_peak_memory_stats`, less what was allocated at
   the start. This resets the process's peak statistics: it is done only for the few steps the
@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
-from fxopt.compat import tree_leaves
 from fxopt.config import malloc_returns_memory
 
 CPU_NEEDS = "MALLOC_MMAP_THRESHOLD_"
@@ -75,15 +73,9 @@ class StepMeter:
             self._base = restart_rss_peak()
         self.running = True
 
-    def stop_after_backward(self, outputs: Any) -> bool:
-        """Ends the measurement when the backward of `outputs` is done; False if nothing in
-        them needs a backward (the measurement is dropped)."""
-        for out in tree_leaves(outputs):
-            if isinstance(out, torch.Tensor) and out.grad_fn is not None:
-                out.grad_fn.register_hook(lambda *_: self._stop())
-                return True
-        self.running = False
-        return False
+    def stop(self) -> None:
+        """Ends the measurement now (the step's last backward has run)."""
+        self._stop()
 
     def _stop(self) -> None:
         if not self.running:

@@ -132,20 +132,25 @@ def _step_gaps(built: BuiltProblem, plan: Plan, applied: AppliedPlan) -> list[in
 def coupled_peak(use: GraphUse, coupling: Coupling) -> int:
     """A graph's peak with what the later graphs of the step add (NOTE [Step budgets] in
     fxopt/step.py); the earlier graphs' part is taken off its budget instead."""
-    return own_peak(use, coupling)
+    return own_peak(dataclasses.replace(use, copies=coupling.copies), coupling)
 
 
-def _with_coupling(built: BuiltProblem, coupling: Coupling) -> BuiltProblem:
-    """The Problem with the later graphs' need as fixed memory at its last forward step and
-    their gradients on every backward step."""
-    if not (coupling.later_need or coupling.grads_after):
+def _with_coupling(built: BuiltProblem, coupling: Coupling, saved_inputs: int = 0
+                   ) -> BuiltProblem:
+    """The Problem with the later graphs' need as fixed memory at its last forward step, their
+    gradients on every backward step, and its own other runs in flight (NOTE [Copies in
+    flight]): what they hold of its candidates is the Problem's to decide, the graph inputs
+    they keep for their backward (`saved_inputs`) is fixed memory on every step."""
+    others = coupling.copies - 1
+    if not (coupling.later_need or coupling.grads_after or others):
         return built
     problem = built.problem
-    fixed = [f + (coupling.grads_after if s >= problem.num_fwd_steps else 0)
+    fixed = [f + others * saved_inputs + (coupling.grads_after if s >= problem.num_fwd_steps
+                                          else 0)
              for s, f in enumerate(problem.fixed_bytes)]
     fixed[problem.num_fwd_steps - 1] += coupling.later_need
-    return dataclasses.replace(built, problem=dataclasses.replace(problem,
-                                                                  fixed_bytes=tuple(fixed)))
+    return dataclasses.replace(built, problem=dataclasses.replace(
+        problem, fixed_bytes=tuple(fixed), other_copies=others))
 
 
 CLOSING_ROUNDS = 4  # solves of one Problem, each with the gaps the last one left (NOTE above)
@@ -164,11 +169,12 @@ class _Candidate:
 def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
                      solver_options: SolverOptions, num_fwd_outputs: int,
                      static: list[int] | None, strict: bool, baseline_peak: int,
-                     coupling: Coupling = Coupling()) -> tuple[Plan, AppliedPlan, Timeline]:
+                     coupling: Coupling = Coupling(), saved_inputs: int = 0
+                     ) -> tuple[Plan, AppliedPlan, Timeline]:
     """`strict`: the user set the budget, so a best plan more than `TOLERANCE` above it is an
     InfeasibleBudgetError; otherwise it is used with a warning. `baseline_peak`: the
     keep-everything peak, which that error reports. `coupling`: see `coupled_peak`."""
-    built = _with_coupling(built, coupling)
+    built = _with_coupling(built, coupling, saved_inputs)
     problem, refused = built.problem, None
     best: _Candidate | None = None
     gaps = [0] * problem.num_steps
@@ -346,12 +352,13 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     solve_args = (gm, built)
     rest = dict(solver_options=solver_options, num_fwd_outputs=num_fwd_outputs,
                 static=static_lifetime_input_indices, strict=strict,
-                baseline_peak=baseline.peak_bytes, coupling=mine.coupling)
+                baseline_peak=baseline.peak_bytes, coupling=mine.coupling,
+                saved_inputs=saved_inputs)
     refused: InfeasibleBudgetError | None = None
     try:
         if budget <= 0:  # the other graphs of the step leave this one nothing
             raise InfeasibleBudgetError(budget, min_peak(
-                _with_coupling(built, mine.coupling).problem, solver_options,
+                _with_coupling(built, mine.coupling, saved_inputs).problem, solver_options,
                 max(options.time_limit_s / 2, 1.0))[0], False, baseline.peak_bytes, {})
         plan, applied, planned = _solve_and_apply(*solve_args, budget, **rest)
     except (InfeasibleBudgetError, NoPlanFoundError) as err:
@@ -365,7 +372,7 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                 InfeasibleBudgetError(budget, budget, False, baseline.peak_bytes, {})
         asked = budget
         budget = err.min_peak_bytes if isinstance(err, InfeasibleBudgetError) else \
-            min_peak(_with_coupling(built, mine.coupling).problem, solver_options,
+            min_peak(_with_coupling(built, mine.coupling, saved_inputs).problem, solver_options,
                      max(options.time_limit_s / 2, 1.0))[0]
         plan, applied, planned = _solve_and_apply(*solve_args, budget, **{**rest,
                                                                           "strict": False})

@@ -30,6 +30,15 @@ which is the order the forward first reaches them; the backward runs them in rev
   keeps its place: gradient accumulation and a model called on several batches add nothing.
   Several forwards of one graph before a single backward (a model called twice per step) hold
   its saved tensors twice; a compile cannot see that, but the measured step does.
+* A graph can run several times before the first of those runs reaches its backward: blocks
+  compiled one by one share one graph, a pipeline stage has microbatches in flight
+  (`copies`, from `Options.in_flight` and from what the step shows: NOTE [Copies in flight]
+  in fxopt/solver/validate.py). The other runs hold its saved tensors while the last one
+  runs, and all of them while later graphs run; its Problem carries the others, since what
+  they hold depends on its plan.
+* `Options.reserved` is memory outside the graphs for the whole step (FSDP's unsharded
+  parameters and gradient buffers): it is taken off a size before the graphs share it and
+  added to the predicted peak.
 * Once the plans settle, one real step is measured (NOTE [Measuring the step in training] in
   fxopt/meter.py). What it held above the prediction (eager code between or after the
   graphs, such as a loss on a large output) counts from then on as one more graph at the end
@@ -44,7 +53,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fxopt.config import Options
@@ -60,6 +69,7 @@ class Coupling:
     held_before: int = 0  # saved bytes of the graphs before it, alive while it runs
     later_need: int = 0  # what the graphs after it add on top of its forward/backward boundary
     grads_after: int = 0  # gradients the graphs after it returned, alive during its backward
+    copies: int = 1  # its own runs in flight at once (the others hold its saved tensors)
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,7 @@ class GraphUse:
     bwd_peak_bytes: int  # its own peak during its backward
     boundary_bytes: int  # its own live bytes at its last forward step
     grad_bytes: int = 0  # the gradients its backward returns, alive to the end of the step
+    copies: int = 1  # runs in flight at once: each holds `held_bytes` until its backward
 
     @property
     def peak_bytes(self) -> int:
@@ -89,21 +100,24 @@ def couplings(uses: Sequence[GraphUse]) -> list[Coupling]:
     grads_after = [sum(u.grad_bytes for u in uses[i + 1:]) for i in range(len(uses))]
     out = []
     for i in range(len(uses)):
-        held_before = sum(u.held_bytes for u in uses[:i])
+        held_before = sum(u.copies * u.held_bytes for u in uses[:i])
         later, between = 0, 0
         for m in range(i + 1, len(uses)):
             u = uses[m]
-            later = max(later, between + u.fwd_peak_bytes,
-                        between + u.bwd_peak_bytes + grads_after[m])
-            between += u.held_bytes
-        out.append(Coupling(held_before, later, grads_after[i]))
+            others = (u.copies - 1) * u.held_bytes
+            later = max(later, between + others + u.fwd_peak_bytes,
+                        between + others + u.bwd_peak_bytes + grads_after[m])
+            between += u.copies * u.held_bytes
+        out.append(Coupling(held_before, later, grads_after[i], uses[i].copies))
     return out
 
 
 def own_peak(use: GraphUse, coupling: Coupling) -> int:
-    """A graph's peak with what the graphs after it add (those before it: `held_before`)."""
-    return max(use.fwd_peak_bytes, use.bwd_peak_bytes + coupling.grads_after,
-               use.boundary_bytes + coupling.later_need)
+    """A graph's peak with what the graphs after it add (those before it: `held_before`)
+    and what its other runs in flight hold."""
+    return (use.copies - 1) * use.held_bytes + max(
+        use.fwd_peak_bytes, use.bwd_peak_bytes + coupling.grads_after,
+        use.boundary_bytes + coupling.later_need)
 
 
 @dataclass(frozen=True)
@@ -125,6 +139,7 @@ class _Entry:
     planned_with: Coupling | None = None
     replans: int = 0
     static_inputs: tuple[int, ...] | None = None  # from the first compile (recompiles lose it)
+    copies: int | None = None  # runs in flight at once, as the step showed (None: not yet seen)
 
 
 class Step:
@@ -154,6 +169,7 @@ class Step:
         self._measured_at = -1  # `compiles` when the step was last measured
         self._order: list[str] = []  # every graph's key, training or not, in compile order
         self.meter: Any = None  # the measurement of the step in progress
+        self.in_flight = 0  # runs of its graphs whose backward has not run yet
         self.compiles = 0  # graphs planned so far: a step that compiles is not measured
 
     def __len__(self) -> int:
@@ -203,6 +219,9 @@ class Step:
         """The budget graph `key` is planned against, given what it holds keeping everything
         and with PyTorch's partition (NOTE [Best-effort budgets] in fxopt/pipeline.py)."""
         with self._lock:
+            copies = self._copies(key)
+            keep = replace(keep, copies=copies)
+            default = replace(default, copies=copies) if default is not None else None
             self._entry(key).keep = keep
             coupling = self._coupling(key, keep)
             budget = self.options.budget
@@ -210,7 +229,7 @@ class Step:
                       own_peak(default, coupling) if default else own_peak(keep, coupling))
             if budget is None:
                 return Share(cap, False, coupling, None)
-            step_budget = self._step_budget()
+            step_budget = self._graphs_budget()
             assert step_budget is not None
             room = self._can_make_room(key)
             if budget.nbytes is not None:
@@ -224,7 +243,8 @@ class Step:
         that no longer fit and are to be re-planned (see NOTE [Step budgets])."""
         with self._lock:
             entry = self._entry(key)
-            entry.use, entry.planned_with = use, coupling
+            entry.use = replace(use, copies=self._copies(key))
+            entry.planned_with = coupling
             self._stale.discard(key)
             self.refused.pop(key, None)
             self.compiles += 1
@@ -233,11 +253,11 @@ class Step:
     def _mark_unfit(self, skip: str | None, tolerance: float = TOLERANCE) -> list[str]:
         """Marks for re-planning every planned graph that no longer fits the step's budget
         (a size as budget: within `tolerance`, as a plan is accepted)."""
-        step_budget = self._step_budget()
+        step_budget = self._graphs_budget()
         if step_budget is None:
             return []
         if self.options.budget is not None and self.options.budget.nbytes is not None:
-            step_budget = int(step_budget * (1 + tolerance))
+            step_budget += int(self.options.budget.nbytes * tolerance)
         planned = [e for e in self._entries if e.use is not None]
         uses = [e.use for e in planned if e.use is not None] + self._tail()
         stale = []
@@ -280,7 +300,7 @@ class Step:
             outside = (f", with the {self.unplanned_bytes} B measured outside the compiled "
                        "graphs" if self.unplanned_bytes else "")
             # keeping everything, with what was measured outside the graphs on top
-            keep = step_peak(keeps) + self.unplanned_bytes
+            keep = step_peak(keeps) + self.unplanned_bytes + self.options.reserved
             return InfeasibleBudgetError(
                 budget.nbytes, peak, False, max(keep, peak), {},
                 context=f"for the training step of {len(self._entries)} graphs, each re-planned "
@@ -302,7 +322,7 @@ class Step:
         keeps = [e.keep for e in self._entries if e.keep is not None]
         peak = self._predicted()
         return InfeasibleBudgetError(
-            self._step_budget() or 0, peak, False, step_peak(keeps), {},
+            self._step_budget() or 0, peak, False, step_peak(keeps) + self.options.reserved, {},
             context=f"for the training step of {len(planned)} graphs, each planned as low as "
                     "it goes beside the others")
 
@@ -314,6 +334,11 @@ class Step:
     def ordered_reports(self) -> list[Any]:
         with self._lock:
             return [self.reports[e.key] for e in self._entries if e.key in self.reports]
+
+    def ordered_copies(self) -> list[int]:
+        """Runs in flight of each graph of `ordered_reports`."""
+        with self._lock:
+            return [self._copies(e.key) for e in self._entries if e.key in self.reports]
 
     def cannot_measure(self, reason: str) -> None:
         with self._lock:
@@ -346,7 +371,9 @@ class Step:
             return self.options.budget is not None and settled and bool(wanted)
 
     def _predicted(self) -> int:
-        return step_peak([e.use for e in self._entries if e.use is not None] + self._tail())
+        """The step's predicted peak, with the memory reserved outside the graphs."""
+        uses = [e.use for e in self._entries if e.use is not None] + self._tail()
+        return step_peak(uses) + self.options.reserved
 
     def measured(self, peak: int) -> list[str]:
         """Takes the measured peak of one step; under a size as budget, the first excess over
@@ -368,6 +395,7 @@ class Step:
                 e.planned_with = None  # re-checked whatever their coupling
             # The real step overshot once already: no tolerance on top of that.
             return self._mark_unfit(skip=None, tolerance=0.0)
+
     def _step_budget(self) -> int | None:
         budget = self.options.budget
         if budget is None:
@@ -375,7 +403,42 @@ class Step:
         if budget.nbytes is not None:
             return budget.nbytes
         keeps = [e.keep for e in self._entries if e.keep is not None]
-        return budget.resolve(step_peak(keeps))
+        return budget.resolve(step_peak(keeps) + self.options.reserved)
+
+    def _graphs_budget(self) -> int | None:
+        """What the compiled graphs may use: the step's budget less `Options.reserved`."""
+        whole = self._step_budget()
+        return None if whole is None else whole - self.options.reserved
+
+    def _copies(self, key: str) -> int:
+        """How many runs of graph `key` are in flight at once: as the step showed, or as
+        declared (`Options.in_flight`)."""
+        seen = self._entry(key).copies
+        return seen if seen is not None else self.options.in_flight
+
+    def copies(self, key: str) -> int:
+        with self._lock:
+            return self._copies(key)
+
+    def saw_copies(self, key: str, copies: int) -> list[str]:
+        """The step ran `copies` runs of graph `key` at once (NOTE [Copies in flight]).
+        Returns the graphs to re-plan: this one when its plan assumed another number, and
+        those that no longer fit beside it."""
+        with self._lock:
+            entry = self._entry(key)
+            known = copies == self._copies(key)
+            entry.copies = copies
+            if entry.use is None or known:
+                return []
+            entry.use = replace(entry.use, copies=copies)
+            if entry.keep is not None:
+                entry.keep = replace(entry.keep, copies=copies)
+            stale = []
+            if entry.replans < MAX_REPLANS:
+                entry.replans += 1
+                self._stale.add(key)
+                stale.append(key)
+            return stale + self._mark_unfit(skip=key)
 
     def first_warning(self) -> bool:
         """True once per step: a best-effort budget is announced once, not per graph."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import pytest
@@ -197,3 +198,44 @@ def test_random_dags_match_brute_force(case: tuple[Problem, float, SolverOptions
     assume(least < top)  # otherwise there is nothing to decide
     budget = least - 1 if fraction < 0 else least + int(fraction * (top - least))
     check_against_brute_force(problem, budget, opts, plans)
+
+
+@st.composite
+def problem_in_flight(draw: st.DrawFn) -> tuple[Problem, float, SolverOptions]:
+    """A random problem whose graph has other runs in flight (NOTE [Copies in flight])."""
+    problem, fraction, opts = draw(random_problem())
+    copies = draw(st.integers(1, 3))
+    return dataclasses.replace(problem, other_copies=copies), fraction, opts
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(problem_in_flight())
+def test_copies_in_flight_match_brute_force(case: tuple[Problem, float, SolverOptions]) -> None:
+    problem, fraction, opts = case
+    plans = all_plans(problem, opts)
+    least = min(peak for peak, _ in plans)
+    top = baseline_peak(problem)
+    assume(least < top)
+    budget = least - 1 if fraction < 0 else least + int(fraction * (top - least))
+    check_against_brute_force(problem, budget, opts, plans)
+
+
+def test_copies_in_flight_hold_what_crosses_the_boundary() -> None:
+    """Every other run holds the kept tensors' full bytes and the low-bit ones' small bytes
+    at every step; recomputed tensors hold nothing."""
+    cands = (Candidate("a", 64, 0, 0, (3,), recompute_us=5, lowbit_bytes=16, cast_us=1),
+             Candidate("b", 32, 1, 1, (2,), recompute_us=5),
+             Candidate("c", 8, 1, 1, (2,), recompute_us=5))
+    one = Problem(4, 2, (0, 0, 0, 0), (1, 1, 1, 1), cands)
+    three = dataclasses.replace(one, other_copies=2)
+    decs = (Decision("a", Kind.LOWBIT, 3, "fp8"), Decision("b", Kind.KEEP),
+            Decision("c", Kind.RECOMPUTE, 2))
+    base, more = simulate(one, decs), simulate(three, decs)
+    assert [m - b for m, b in zip(more.memory, base.memory)] == [2 * (16 + 32)] * 4
+    assert three.content_hash != one.content_hash
+    assert Problem.from_json_dict(three.to_json_dict()) == three
+    # with copies in flight, recomputing b instead of keeping it is what fits 3 runs
+    budget = simulate(three, decs).peak_bytes - 1
+    plan = solve(three, budget, EXACT, cache_dir=None)
+    assert validate(three, plan).peak_bytes <= budget

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,6 +180,8 @@ class StepReport:
     measured_peak_bytes: int | None = None
     unplanned_bytes: int = 0  # measured above the prediction, counted once the step re-planned
     note: str = ""  # why the step was not measured, or where the unplanned memory comes from
+    copies: tuple[int, ...] = ()  # runs of each graph in flight at once (NOTE [Step budgets])
+    reserved_bytes: int = 0  # memory outside the graphs for the whole step (Options.reserved)
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -199,8 +202,11 @@ class StepReport:
         that is counted (as one more graph at the end of the step)."""
         if not uses or any(u is None for u in uses):
             return None
+        copies = self.copies or (1,) * len(uses)
+        runs = [dataclasses.replace(u, copies=c) for u, c in zip(uses, copies)
+                if u is not None]
         tail = [GraphUse(0, self.unplanned_bytes, 0, 0)] if self.unplanned_bytes else []
-        return step_peak(uses + tail)  # type: ignore[operator]
+        return step_peak(runs + tail) + self.reserved_bytes
 
     @property
     def peak_bytes(self) -> int | None:
@@ -228,6 +234,11 @@ class StepReport:
             if self.unplanned_bytes:
                 measured += f", of which {format_bytes(self.unplanned_bytes)} outside the graphs"
         note = f" ({self.note})" if self.note else ""
+        flight = [f"{r.step_key} x{c}" for r, c in zip(self.graphs, self.copies) if c > 1]
+        if flight:
+            note = f"; runs in flight: {', '.join(flight)}{note}"
+        if self.reserved_bytes:
+            note = f"; {format_bytes(self.reserved_bytes)} reserved outside the graphs{note}"
         source = "fxopt.explain" if any(r.source == "explain" for r in self.graphs) else \
             "fxopt step"
         return (f"{source}: {len(self.graphs)} training graph(s) of {self.graph_count} "

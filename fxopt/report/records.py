@@ -39,7 +39,8 @@ def step_report(step: Step | None = None) -> StepReport:
     reports = tuple(step.ordered_reports())
     return StepReport(reports, len(reports), sum(r.seconds for r in reports),
                       measured_peak_bytes=step.measured_peak_bytes,
-                      unplanned_bytes=step.unplanned_bytes, note=step.measure_note)
+                      unplanned_bytes=step.unplanned_bytes, note=step.measure_note,
+                      copies=tuple(step.ordered_copies()), reserved_bytes=step.options.reserved)
 
 
 def reports() -> tuple[Report, ...]:

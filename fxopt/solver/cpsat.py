@@ -32,7 +32,11 @@ from fxopt.solver.validate import d2h_window, h2d_exposed, prefetch_points
 # the two indicators is 0. Constraints: a recomputation at k needs each input kept, restored at
 # a point <= k, or offloaded with k >= its first own use (availability); z >= the consumer
 # choices that demand it; a support tensor's own restore point lies inside its demanded range.
-# Memory rows sum these expressions at a step; they are added lazily (solve_lazy).
+# Memory rows sum these expressions at a step; they are added lazily (solve_lazy). With other
+# copies of the graph in flight (NOTE [Copies in flight] in validate.py) every row also carries
+# other_copies * (what one run holds across the boundary): keep_i * full for a tensor with own
+# backward uses, lb * low-bit bytes, and for a support tensor kept and demanded
+# z_first - (its non-keep choices), since its non-keep choices imply z_first.
 
 # With opts.deterministic the search stops on deterministic time, this share of time_limit_s:
 # deterministic time runs at or below wall time on a loaded machine, so the wall-clock limit
@@ -225,12 +229,30 @@ def add_rows(mdl: Model, budget: int | cp_model.IntVar, steps: Iterable[int]) ->
                         put(v, -full + (small if k <= s else 0))
                 elif k > s:
                     put(v, -full + (small if kind is Kind.LOWBIT else 0))
+        if p.other_copies:
+            for v, w in held_terms(mdl):
+                put(v, p.other_copies * w)
         expr = _wsum(coef.items())
         if isinstance(budget, int):
             mdl.model.add(expr <= (budget - const) // u)  # exact: u divides every coefficient
         else:
             assert u == 1
             mdl.model.add(expr + const <= budget)
+
+
+def held_terms(mdl: Model) -> list[tuple[cp_model.IntVar, int]]:
+    """What one run holds across the boundary, as (var, bytes / unit) terms."""
+    out: list[tuple[cp_model.IntVar, int]] = []
+    u = mdl.unit
+    for i, c in enumerate(mdl.problem.candidates):
+        full, small = c.bytes // u, c.lowbit_bytes // u
+        if c.bwd_uses:
+            out.append((mdl.keep[i], full))
+            out += [(v, small) for kind, _, v in mdl.choices[i] if kind is Kind.LOWBIT]
+        elif mdl.ext[i]:
+            out.append((mdl.ext[i][0][1], full))
+            out += [(v, -full) for _, _, v in mdl.choices[i]]
+    return out
 
 
 def decode(mdl: Model, solver: cp_model.CpSolver | cp_model.CpSolverSolutionCallback

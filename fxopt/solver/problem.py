@@ -82,6 +82,8 @@ class Problem:
     anchors[s] is the first step that runs at the same point of the graph as step s: an action
     scheduled at s (a recomputation, a prefetch) really runs before anchors[s], so only steps
     that are their own anchor are valid restore steps. Empty: every step is its own anchor.
+    other_copies: how many other runs of this same graph hold their saved tensors during the
+    whole of this one (NOTE [Copies in flight] in validate.py).
     """
 
     num_steps: int
@@ -90,6 +92,7 @@ class Problem:
     step_us: tuple[int, ...]
     candidates: tuple[Candidate, ...]
     anchors: tuple[int, ...] = ()
+    other_copies: int = 0
 
     def __post_init__(self) -> None:
         _check_problem(self)
@@ -122,7 +125,10 @@ class Problem:
         return self.prefix_us[last + 1] - self.prefix_us[first]
 
     def to_json_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.other_copies:  # hashes of single-run problems stay what they were
+            del out["other_copies"]
+        return out
 
     @classmethod
     def from_json_dict(cls, data: dict) -> Problem:
@@ -131,7 +137,8 @@ class Problem:
             for c in data["candidates"]
         )
         return cls(data["num_steps"], data["num_fwd_steps"], tuple(data["fixed_bytes"]),
-                   tuple(data["step_us"]), cands, tuple(data.get("anchors", ())))
+                   tuple(data["step_us"]), cands, tuple(data.get("anchors", ())),
+                   data.get("other_copies", 0))
 
     @cached_property
     def content_hash(self) -> str:
@@ -151,6 +158,8 @@ def _check_problem(p: Problem) -> None:
     if len(p.fixed_bytes) != n or len(p.step_us) != n:
         raise ProblemError(f"fixed_bytes and step_us need {n} entries, got "
                            f"{len(p.fixed_bytes)} and {len(p.step_us)}")
+    if not isinstance(p.other_copies, int) or p.other_copies < 0:
+        raise ProblemError(f"other_copies must be a non-negative integer, got {p.other_copies!r}")
     if any(b < 0 for b in p.fixed_bytes) or any(t < 0 for t in p.step_us):
         raise ProblemError("fixed_bytes and step_us must be non-negative integers")
     if p.anchors:

@@ -46,6 +46,30 @@ from fxopt.solver.problem import Candidate, Problem
 # max(0, copy - compute(q..b-1)). Copies share one link, so per direction the exposed total is
 #   max(sum of per-tensor exposures, sum of copy times - compute time of that phase)
 # (device->host against forward compute, host->device against backward compute).
+#
+# NOTE [Copies in flight]
+# One compiled graph can run several times before the first of those runs reaches its backward:
+# identical blocks compiled once and called in turn, microbatches in flight in a pipeline
+# schedule. While the last run goes forward and back, the other runs are between their forward
+# and their backward, holding their saved tensors. `other_copies` counts them: each holds what
+# the plan leaves on the device across the boundary, the same for every run (a demanded KEEP
+# candidate its full bytes, a LOWBIT one its low-bit bytes; recomputed and offloaded ones
+# nothing), and that is added to every step. Their recomputations and copies run at other times
+# and add nothing here.
+
+
+def held_per_copy(problem: Problem, decisions: Sequence[Decision],
+                  dem: Sequence[Sequence[int]]) -> int:
+    """Device bytes one run holds between its forward and its backward under `decisions`."""
+    total = 0
+    for c, d, used in zip(problem.candidates, decisions, dem):
+        if not used:
+            continue
+        if d.kind is Kind.KEEP:
+            total += c.bytes
+        elif d.kind is Kind.LOWBIT:
+            total += c.lowbit_bytes
+    return total
 
 
 def d2h_window(problem: Problem, c: Candidate, lowbit: bool) -> tuple[int, int]:
@@ -216,7 +240,9 @@ def simulate(problem: Problem, decisions: Sequence[Decision]) -> Simulation:
             copy = c.lowbit_copy_us if lb else c.copy_us
             d2h_sum += copy
             h2d_sum += copy
-    memory, live = [], 0
+    memory = []
+    live = problem.other_copies * held_per_copy(problem, decisions, dem_all) \
+        if problem.other_copies else 0
     for s in range(S):
         live += delta[s]
         memory.append(problem.fixed_bytes[s] + live)
