@@ -27,7 +27,7 @@ __all__ = [
     "functorch_config", "inductor_config", "inductor_lowering", "inductor_partition_fn",
     "inductor_wrapper_class", "is_dense", "is_fake", "make_boxed_func", "mark_dynamic",
     "min_cut_partition", "partitioners", "saved_for_backward_descriptor", "select_decomp_table",
-    "set_inductor_fake_mode", "tree_leaves",
+    "set_inductor_fake_mode", "tree_leaves", "outside_tracing",
 ]
 
 MIN_TORCH = (2, 9)  # CustomPartitionerFn, AOTAutograd's output descriptors
@@ -180,3 +180,11 @@ def functional_tensor_type() -> type:
     from torch._subclasses.functional_tensor import FunctionalTensor
 
     return FunctionalTensor
+
+
+def outside_tracing() -> Any:
+    """A context in which real tensors are made (the partitioner runs under a fake mode):
+    for collectives at compile time (fxopt.distributed)."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    return unset_fake_temporarily()

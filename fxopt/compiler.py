@@ -72,13 +72,19 @@ class StepGraph:
         self._calls = 0
         self._in_flight = 0  # runs whose backward has not run yet (NOTE [Counting runs])
         self._wave = 0  # the most in flight since the count was last 0
+        self._wave_backwards = 0  # of those, runs whose backward ran
+        self._waves = 0  # waves with a backward since the last compile
+        self._trains = False  # a run has had an autograd node (a training graph)
 
     def __call__(self, *args: Any) -> Any:
         if self.step.is_stale(self.key):
             self._replan(args)
         # A step starts when its first graph runs with nothing in flight and ends when the
         # last run in flight has done its backward (NOTE [Measuring the step in training]).
-        starts = self._calls and self.key == self.step.start_key() and not self.step.in_flight
+        # The first wave after a compile still loads kernels and fills the runtime's buffers
+        # (a pipeline stage's first call may be a shape probe without backward): not measured.
+        warm = self._waves > 0 if self._trains else self._calls > 0
+        starts = warm and self.key == self.step.start_key() and not self.step.in_flight
         if starts and (refused := self.step.over_budget_error()) is not None:
             raise refused  # NOTE [Step budgets]: a size is a promise
         if starts and self.step.meter is None and self.step.measure_due():
@@ -105,27 +111,32 @@ class StepGraph:
                      if isinstance(t, torch.Tensor) and t.grad_fn is not None), None)
         if node is None:
             return False
+        self._trains = True
         self._in_flight += 1
         self.step.in_flight += 1
         self._wave = max(self._wave, self._in_flight)
         done = [False]
 
-        def finish(*_: Any) -> None:
+        def finish(backward: bool) -> None:
             if done[0]:
                 return
             done[0] = True
             self._in_flight -= 1
             self.step.in_flight -= 1
+            self._wave_backwards += backward
             if self._in_flight == 0:
                 wave, self._wave = self._wave, 0
-                self._saw(wave)
+                if self._wave_backwards:  # runs dropped unused (a shape probe) say nothing
+                    self._waves += 1
+                    self._saw(wave)
+                self._wave_backwards = 0
             meter = self.step.meter
             if not self.step.in_flight and meter is not None:
                 self.step.meter = None
                 meter.stop()
 
-        node.register_hook(finish)
-        weakref.finalize(node, finish)
+        node.register_hook(lambda *_: finish(True))
+        weakref.finalize(node, finish, False)
         return True
 
     def _saw(self, copies: int) -> None:
@@ -158,6 +169,8 @@ class StepGraph:
 
         if self.step.compiles != compiles:
             return  # a graph compiled during this step: its memory is not the step's
+        if self.step.agreement is not None:  # ranks re-plan alike: the largest rank's peak
+            peak = self.step.agreement.number(peak)
         stale = self.step.measured(peak)
         predicted = self.step.planned_peak_bytes or 0
         excess = peak - predicted
@@ -184,6 +197,7 @@ class StepGraph:
         self._compiled = _compile(copy_graph(self._source), args, self.options, self.step,
                                   self.key, **self._kwargs)
         self.recompiles += 1
+        self._waves = 0
 
 
 def _leaves(out: Any) -> list[Any]:

@@ -96,7 +96,8 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
                              default_use=planned_use(default_timeline, default_bwd, static),
                              device_type=device_type,
                              share=lambda use, default: step.share(key, use, default),
-                             saved_inputs=saved_input_bytes(default_bwd, static))
+                             saved_inputs=saved_input_bytes(default_bwd, static),
+                             agree=step.agreement)
     except (InfeasibleBudgetError, OptionsError) as err:
         err.report = report(default_fwd, default_bwd, "error",
                             fallback_reason=f"{type(err).__name__}: {err}",

@@ -32,13 +32,14 @@ from fxopt.solver import (
     Kind,
     NoPlanFoundError,
     Plan,
+    Problem,
     SolverOptions,
     keep_all,
     min_peak,
     simulate,
     solve,
 )
-from fxopt.step import TOLERANCE, Coupling, GraphUse, Share, Step, own_peak
+from fxopt.step import TOLERANCE, Agreement, Coupling, GraphUse, Share, Step, own_peak
 from fxopt.tensor_meta import size_hint
 
 
@@ -169,8 +170,8 @@ class _Candidate:
 def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
                      solver_options: SolverOptions, num_fwd_outputs: int,
                      static: list[int] | None, strict: bool, baseline_peak: int,
-                     coupling: Coupling = Coupling(), saved_inputs: int = 0
-                     ) -> tuple[Plan, AppliedPlan, Timeline]:
+                     coupling: Coupling = Coupling(), saved_inputs: int = 0,
+                     agree: Agreement | None = None) -> tuple[Plan, AppliedPlan, Timeline]:
     """`strict`: the user set the budget, so a best plan more than `TOLERANCE` above it is an
     InfeasibleBudgetError; otherwise it is used with a warning. `baseline_peak`: the
     keep-everything peak, which that error reports. `coupling`: see `coupled_peak`."""
@@ -180,7 +181,7 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
     gaps = [0] * problem.num_steps
     for _ in range(CLOSING_ROUNDS):
         try:
-            plan = solve(problem, budget, solver_options, cache_dir=cache_root() / "plans")
+            plan = _solve(problem, budget, solver_options, agree)
         except InfeasibleBudgetError as err:
             if best is None:
                 raise
@@ -216,6 +217,22 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
             f"the rewritten graphs simulate to {peak} B, above the budget of "
             f"{budget} B; no plan was found whose rewritten graphs fit",))
     return plan, applied, planned
+
+
+def _solve(problem: Problem, budget: int, solver_options: SolverOptions,
+           agree: Agreement | None) -> Plan:
+    """One search; where ranks must plan alike, its outcome is the one they agree on."""
+    try:
+        found: Plan | Exception = solve(problem, budget, solver_options,
+                                        cache_dir=cache_root() / "plans")
+    except (InfeasibleBudgetError, NoPlanFoundError) as err:
+        if agree is None:
+            raise
+        found = err
+    if agree is None:
+        assert isinstance(found, Plan)
+        return found
+    return agree.plan(problem, found)
 
 
 # NOTE [Best-effort budgets]
@@ -323,7 +340,8 @@ def _step_error(err: InfeasibleBudgetError, share: Share) -> InfeasibleBudgetErr
 def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                static_lifetime_input_indices: list[int] | None,
                default_use: GraphUse | None, device_type: str | None = None,
-               share: ShareFn | None = None, saved_inputs: int = 0) -> Planned:
+               share: ShareFn | None = None, saved_inputs: int = 0,
+               agree: Agreement | None = None) -> Planned:
     """Plans `gm` under `options`; `default_use` (PyTorch's partition, predicted) is the
     budget when the options give none. `device_type` plans the graph as if it ran there
     (`fxopt.explain` with a GPU profile on a machine without CUDA); default: where it runs.
@@ -353,7 +371,7 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     rest = dict(solver_options=solver_options, num_fwd_outputs=num_fwd_outputs,
                 static=static_lifetime_input_indices, strict=strict,
                 baseline_peak=baseline.peak_bytes, coupling=mine.coupling,
-                saved_inputs=saved_inputs)
+                saved_inputs=saved_inputs, agree=agree)
     refused: InfeasibleBudgetError | None = None
     try:
         if budget <= 0:  # the other graphs of the step leave this one nothing
@@ -374,6 +392,8 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
         budget = err.min_peak_bytes if isinstance(err, InfeasibleBudgetError) else \
             min_peak(_with_coupling(built, mine.coupling, saved_inputs).problem, solver_options,
                      max(options.time_limit_s / 2, 1.0))[0]
+        if agree is not None:  # the lowest peak a search reached may differ between ranks
+            budget = agree.number(budget)
         plan, applied, planned = _solve_and_apply(*solve_args, budget, **{**rest,
                                                                           "strict": False})
         what = f"budget {options.budget}" if options.budget is not None else \

@@ -54,7 +54,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from fxopt.config import Options
 
@@ -120,6 +120,17 @@ def own_peak(use: GraphUse, coupling: Coupling) -> int:
         use.boundary_bytes + coupling.later_need)
 
 
+class Agreement(Protocol):
+    """Ranks that must run the same plans settle each search outcome together
+    (NOTE [One plan on every rank] in fxopt/distributed/agree.py)."""
+
+    def plan(self, problem: Any, found: Any) -> Any:
+        """The plan every rank uses, from this rank's Plan or search error `found`."""
+
+    def number(self, value: int) -> int:
+        """The value every rank uses (the largest)."""
+
+
 @dataclass(frozen=True)
 class Share:
     """The budget one graph is planned against."""
@@ -170,6 +181,7 @@ class Step:
         self._order: list[str] = []  # every graph's key, training or not, in compile order
         self.meter: Any = None  # the measurement of the step in progress
         self.in_flight = 0  # runs of its graphs whose backward has not run yet
+        self.agreement: Agreement | None = None  # set where ranks must plan alike
         self.compiles = 0  # graphs planned so far: a step that compiles is not measured
 
     def __len__(self) -> int:
