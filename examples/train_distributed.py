@@ -23,6 +23,8 @@ if __name__ == "__main__" and "MALLOC_MMAP_THRESHOLD_" not in os.environ \
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
@@ -66,6 +68,15 @@ class LastStage(nn.Module):
         return self.lm_head(self.ln_f(x))
 
 
+def checkpoint_blocks(blocks: nn.ModuleList) -> None:
+    """Per-block activation checkpointing (non-reentrant), the usual manual alternative."""
+    from torch.utils.checkpoint import checkpoint
+
+    for block in blocks:
+        inner = block.forward
+        block.forward = lambda x, inner=inner: checkpoint(inner, x, use_reentrant=False)
+
+
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
 
@@ -107,6 +118,10 @@ class Peak:
 def make_backend(args: argparse.Namespace, model: nn.Module, opt: Any, blocks: int,
                  pipeline: Any = None) -> Any:
     if args.backend in ("eager", "inductor"):
+        if args.ratio is not None:  # PyTorch's own knob: one ratio for every graph
+            from fxopt.compat import functorch_config
+
+            functorch_config().activation_memory_budget = args.ratio
         return args.backend
     import fxopt.distributed
 
@@ -128,24 +143,29 @@ def run_fsdp(args: argparse.Namespace, cfg: GPTConfig, rank: int, device: str) -
     fully_shard(model, mesh=mesh)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     be = make_backend(args, model, opt, blocks=len(model.blocks))
+    if args.checkpoint:
+        checkpoint_blocks(model.blocks)
     for block in model.blocks:  # torchtitan's layout: each block compiled on its own
         if be != "eager":
             block.compile(backend=be)
     gen = torch.Generator().manual_seed(args.seed + 1 + rank)  # each rank its own data
-    peak, losses, measured = Peak(model, opt, device), [], 0
+    peak, losses, measured, times = Peak(model, opt, device), [], 0, []
     for step in range(args.steps):
         x, y = synthetic_batch(cfg, args.batch, gen, device)
         opt.zero_grad(set_to_none=True)
         last = step == args.steps - 1
         if last:
             peak.start()
+        start = time.perf_counter()
         loss = loss_fn(model(x), y)
         loss.backward()
         if last:
             measured = peak.stop()
         opt.step()
         losses.append(loss.item())
-    return {"losses": losses, "peak_bytes": measured, "backend": be}
+        times.append(time.perf_counter() - start)
+    return {"losses": losses, "peak_bytes": measured, "step_ms": _step_ms(times),
+            "backend": be}
 
 
 def run_pipeline(args: argparse.Namespace, cfg: GPTConfig, rank: int, device: str) -> dict:
@@ -166,18 +186,21 @@ def run_pipeline(args: argparse.Namespace, cfg: GPTConfig, rank: int, device: st
 
         pipeline = fxopt.distributed.Pipeline(schedule_cls, rank, world, args.microbatches)
     be = make_backend(args, module, opt, blocks=1, pipeline=pipeline)
+    if args.checkpoint:
+        checkpoint_blocks(module.blocks)
     if be != "eager":
         module.compile(backend=be)
     stage = PipelineStage(module, rank, world, torch.device(device))
     schedule = schedule_cls(stage, n_microbatches=args.microbatches, loss_fn=loss_fn)
     gen = torch.Generator().manual_seed(args.seed + 1)  # both stages see the same batch
-    peak, losses, measured = Peak(module, opt, device), [], 0
+    peak, losses, measured, times = Peak(module, opt, device), [], 0, []
     for step in range(args.steps):
         x, y = synthetic_batch(cfg, args.batch, gen, device)
         opt.zero_grad(set_to_none=True)
         last = step == args.steps - 1
         if last:
             peak.start()
+        start = time.perf_counter()
         if rank == 0:
             schedule.step(x)
             loss = torch.zeros(())
@@ -188,9 +211,16 @@ def run_pipeline(args: argparse.Namespace, cfg: GPTConfig, rank: int, device: st
         if last:
             measured = peak.stop()
         opt.step()
+        times.append(time.perf_counter() - start)
         dist.broadcast(loss, src=world - 1)  # the last stage computes the loss
         losses.append(loss.item())
-    return {"losses": losses, "peak_bytes": measured, "backend": be}
+    return {"losses": losses, "peak_bytes": measured, "step_ms": _step_ms(times),
+            "backend": be}
+
+
+def _step_ms(times: list[float]) -> float:
+    """Median step time once compiled and re-planned (the later half of the steps)."""
+    return round(statistics.median(times[len(times) // 2:]) * 1e3, 2)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -202,6 +232,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--budget", default=None,
                         help="fxopt: this rank's device memory for the step as a size ('6MiB', "
                              "bytes), or a fraction of the step's keep-everything peak (0.5)")
+    parser.add_argument("--ratio", type=float, default=None,
+                        help="inductor: PyTorch's activation_memory_budget (one ratio)")
+    parser.add_argument("--checkpoint", action="store_true",
+                        help="checkpoint every block (torch.utils.checkpoint)")
     parser.add_argument("--schedule", choices=["1f1b", "gpipe"], default="1f1b")
     parser.add_argument("--microbatches", type=int, default=4)
     parser.add_argument("--layers", type=int, default=4)
@@ -230,6 +264,7 @@ def main(argv: list[str] | None = None) -> dict:
             line["split"] = str(be.split)
         report = be.step_report()
         line["predicted_step_bytes"] = report.peak_bytes
+        line["measured_step_bytes"] = report.measured_peak_bytes
         line["fallbacks"] = len(report.fallbacks)
         line["in_flight"] = list(report.copies)
     print(json.dumps(line), flush=True)

@@ -156,6 +156,8 @@ class Options:
         flight); what the step shows replaces it after the first step.
     reserved: device memory outside the compiled graphs for the whole step (bytes or a size
         such as '512MiB'; FSDP's unsharded parameters and gradients), taken off a size budget.
+    resident: device memory held before the step begins (parameters, optimizer state), part of
+        a size budget: the budget is then all the device memory the step may use.
     """
 
     budget: Budget | None = None
@@ -167,6 +169,7 @@ class Options:
     dump_dir: str | None = None
     in_flight: int = 1
     reserved: int = 0
+    resident: int = 0
 
     def __post_init__(self) -> None:
         # Normalise user-friendly forms (0.5, "fp8", "cpu") into typed values.
@@ -189,12 +192,14 @@ class Options:
             raise OptionsError(f"in_flight={self.in_flight!r} must be a whole number >= 1 (runs "
                                "of a graph alive at once: blocks sharing it x microbatches)")
         object.__setattr__(self, "reserved", parse_size(self.reserved, "reserved"))
+        object.__setattr__(self, "resident", parse_size(self.resident, "resident"))
         if self.budget is not None and self.budget.nbytes is not None \
-                and self.reserved >= self.budget.nbytes:
+                and self.reserved + self.resident >= self.budget.nbytes:
             raise OptionsError(
-                f"reserved={format_bytes(self.reserved)} leaves nothing of the budget "
+                f"reserved={format_bytes(self.reserved)} and resident="
+                f"{format_bytes(self.resident)} leave nothing of the budget "
                 f"{format_bytes(self.budget.nbytes)} to the compiled graphs; give a budget above "
-                "the memory reserved outside them")
+                "the memory held outside them")
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)

@@ -53,7 +53,11 @@ def _value_names(joint: GraphView) -> dict[tuple[str, int], str]:
     return names
 
 
-def _unsafe(joint: GraphView, kernel: Kernel | None, name: str) -> str | None:
+def _unsafe(joint: GraphView, kernel: Kernel | None, name: str, candidates: set[str]
+            ) -> str | None:
+    """Why recomputing this kernel is unsafe: one of its nodes, or an input that no candidate
+    stands for (so a recomputation would run it again too, such as the wait of a collective
+    whose result is read through it), must not run twice."""
     nodes = kernel.nodes if kernel is not None else (name,)
     for node_name in nodes:
         node = joint.by_name.get(node_name)
@@ -61,6 +65,11 @@ def _unsafe(joint: GraphView, kernel: Kernel | None, name: str) -> str | None:
             continue
         if node.refusal is not None:
             return f"{node.name} ({node.op}): {node.refusal}"
+        for arg in node.inputs:
+            src = joint.by_name.get(arg)
+            if src is not None and src.refusal is not None and arg not in candidates \
+                    and arg not in nodes and src.side is not Side.BWD:
+                return f"it reads {src.name} ({src.op}): {src.refusal}"
     return None
 
 
@@ -94,6 +103,7 @@ def build_problem(joint: GraphView, profile: Hardware, *, host_is_device: bool =
             if key in reads_at:
                 reads_at[key].append(s)
 
+    names = {value_names[(k[1], k[2])] for k in keys}
     candidates, info = [], []
     for key in keys:
         s = writer[key]
@@ -105,7 +115,7 @@ def build_problem(joint: GraphView, profile: Hardware, *, host_is_device: bool =
         fwd_uses = [u for u in uses if u < num_fwd]
         bwd_uses = tuple(sorted({u for u in uses if u >= num_fwd}))
         kernel = kernels.get(steps[s].name)
-        unsafe = _unsafe(joint, kernel, key[1])
+        unsafe = _unsafe(joint, kernel, key[1], names)
         inputs = tuple(sorted({index[r] for r in steps[s].reads if r in index and r != key}))
         numel = meta.numel_hint
         rule = decide(SavedTensorFacts(

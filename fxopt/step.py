@@ -36,9 +36,11 @@ which is the order the forward first reaches them; the backward runs them in rev
   in fxopt/solver/validate.py). The other runs hold its saved tensors while the last one
   runs, and all of them while later graphs run; its Problem carries the others, since what
   they hold depends on its plan.
-* `Options.reserved` is memory outside the graphs for the whole step (FSDP's unsharded
-  parameters and gradient buffers): it is taken off a size before the graphs share it and
-  added to the predicted peak.
+* `Options.resident` is memory held before the step begins (parameters, optimizer state) and
+  `Options.reserved` memory outside the graphs for the whole step (FSDP's unsharded
+  parameters and gradient buffers): both are taken off a size before the graphs share it;
+  the predicted step peak (above what is held before it) counts `reserved`, and errors name
+  peaks with both, in the terms of the size the user gave.
 * Once the plans settle, one real step is measured (NOTE [Measuring the step in training] in
   fxopt/meter.py). What it held above the prediction (eager code between or after the
   graphs, such as a loss on a large output) counts from then on as one more graph at the end
@@ -301,7 +303,9 @@ class Step:
             budget = self.options.budget
             if budget is None or budget.nbytes is None or self._stale:
                 return None
-            peak, limit = self._predicted(), budget.nbytes * (1 + TOLERANCE)
+            resident = self.options.resident
+            peak = self._predicted()
+            limit = budget.nbytes * (1 + TOLERANCE) - resident
             # A measurement of these very plans (nothing compiled since) is the better judge.
             measured = self.measured_peak_bytes if self._measured_at == self.compiles else None
             if measured is not None and measured > limit:
@@ -314,9 +318,9 @@ class Step:
             # keeping everything, with what was measured outside the graphs on top
             keep = step_peak(keeps) + self.unplanned_bytes + self.options.reserved
             return InfeasibleBudgetError(
-                budget.nbytes, peak, False, max(keep, peak), {},
+                budget.nbytes, peak + resident, False, max(keep, peak) + resident, {},
                 context=f"for the training step of {len(self._entries)} graphs, each re-planned "
-                        f"as low as it goes beside the others{outside}")
+                        f"as low as it goes beside the others{outside}{self._held_text()}")
 
     def infeasible_error(self) -> Any:
         """The error for the step when a graph refused the budget (None: none did)."""
@@ -329,14 +333,29 @@ class Step:
         from fxopt.solver import InfeasibleBudgetError
 
         planned = [e.use for e in self._entries if e.use is not None]
-        if len(planned) <= 1 and not self.unplanned_bytes:
+        held = self.options.resident + self.options.reserved
+        if len(planned) <= 1 and not self.unplanned_bytes and not held:
             return error  # the step is this one graph, as far as it is known
         keeps = [e.keep for e in self._entries if e.keep is not None]
-        peak = self._predicted()
+        resident = self.options.resident
+        peak = self._predicted() + resident
+        # the graph's options that would lower its peak, as peaks of the step
+        shift = peak - error.min_peak_bytes
+        better = {k: v + shift for k, v in error.alternatives.items()}
         return InfeasibleBudgetError(
-            self._step_budget() or 0, peak, False, step_peak(keeps) + self.options.reserved, {},
-            context=f"for the training step of {len(planned)} graphs, each planned as low as "
-                    "it goes beside the others")
+            (self._step_budget() or 0) + resident, peak, False,
+            step_peak(keeps) + self.options.reserved + resident, better,
+            context=f"for the training step of {len(planned)} graph(s), each planned as low as "
+                    f"it goes beside the others{self._held_text()}")
+
+    def _held_text(self) -> str:
+        o = self.options
+        if not (o.resident or o.reserved):
+            return ""
+        from fxopt.config import format_bytes
+
+        return (f", with {format_bytes(o.resident)} held before the step and "
+                f"{format_bytes(o.reserved)} outside the compiled graphs during it")
 
     def attach(self, key: str, report: Any) -> None:
         """Keeps the latest report of graph `key` (for the step's report)."""
@@ -399,7 +418,7 @@ class Step:
             excess = peak - predicted
             budget = self.options.budget
             if excess <= 0 or self.unplanned_bytes or budget is None or budget.nbytes is None \
-                    or peak <= budget.nbytes:
+                    or peak <= budget.nbytes - self.options.resident:
                 return []
             self.unplanned_bytes = excess
             for e in self._entries:
@@ -412,8 +431,8 @@ class Step:
         budget = self.options.budget
         if budget is None:
             return None
-        if budget.nbytes is not None:
-            return budget.nbytes
+        if budget.nbytes is not None:  # what the step may add to what is held before it
+            return budget.nbytes - self.options.resident
         keeps = [e.keep for e in self._entries if e.keep is not None]
         return budget.resolve(step_peak(keeps) + self.options.reserved)
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch.distributed as dist
 
 from fxopt.compat import outside_tracing
-from fxopt.solver import NoPlanFoundError, Plan, Problem, simulate
+from fxopt.solver import InfeasibleBudgetError, NoPlanFoundError, Plan, Problem, simulate
 
 log = logging.getLogger("fxopt")
 
@@ -55,15 +55,16 @@ class PlanAgreement:
                     "used on every rank", ", ".join(f"rank {r}: {kind} {text[:12]}"
                                                     for r, (kind, text) in enumerate(seen)))
         first = dist.get_global_rank(self.group, 0)
-        payload = [found.to_json() if isinstance(found, Plan) else None]
+        payload = [_outcome(found)]
         with outside_tracing():
             dist.broadcast_object_list(payload, src=first, group=self.group)
-        if payload[0] is None:
-            if isinstance(found, Exception):
-                raise found
+        kind, data = payload[0]
+        if kind == "infeasible":
+            raise InfeasibleBudgetError(*data)
+        if kind == "none":
             raise NoPlanFoundError("rank 0 found no plan for this graph within its search "
                                    "limit; every rank does as rank 0 does")
-        theirs = Plan.from_json(payload[0])
+        theirs = Plan.from_json(data)
         sim = simulate(problem, theirs.decisions)
         return theirs.with_(problem_hash=problem.content_hash, peak_bytes=sim.peak_bytes,
                             extra_time_us=sim.extra_time_us,
@@ -71,3 +72,13 @@ class PlanAgreement:
 
     def number(self, value: int) -> int:
         return max(self._gather(int(value)))
+
+
+def _outcome(found: Plan | Exception) -> tuple[str, Any]:
+    """A search outcome as plain data another rank can act on."""
+    if isinstance(found, Plan):
+        return "plan", found.to_json()
+    if isinstance(found, InfeasibleBudgetError):
+        return "infeasible", (found.budget_bytes, found.min_peak_bytes, found.min_peak_proven,
+                              found.baseline_peak_bytes, found.alternatives, found.context)
+    return "none", None

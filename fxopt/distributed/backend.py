@@ -72,8 +72,8 @@ def backend(model: nn.Module, budget: Any = None, *, blocks: int = 1, optimizer:
     if parsed is not None and parsed.nbytes is not None:
         split = split_rank_budget(model, parsed, blocks=blocks, optimizer=optimizer,
                                   optimizer_bytes_=optimizer_bytes, pipeline=pipeline)
-        opts = Options(budget=split.budget_bytes - split.resident, reserved=split.reserved,
-                       in_flight=in_flight, **options)
+        opts = Options(budget=split.budget_bytes, resident=split.resident,
+                       reserved=split.reserved, in_flight=in_flight, **options)
     else:
         opts = Options(budget=parsed, in_flight=in_flight, **options)
     if group == "world":

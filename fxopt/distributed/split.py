@@ -4,7 +4,8 @@ NOTE [Rank budgets]
 The user gives the device memory one rank may use for a training step. Before the step that
 rank already holds its parameters (FSDP: its shards) and the optimizer's state; during the step
 FSDP adds the unsharded parameters of the block being computed and of the block it prefetches,
-the root's unsharded parameters, and the gradient shards as the backward makes them. None of
+the root's unsharded parameters, the all-gather's output buffer (one more block), and the
+gradient shards as the backward makes them. None of
 that is in a compiled graph, so it is taken off first (`resident`, then `Options.reserved`).
 The rest is the step's budget for the graphs, which is shared as for any step (NOTE [Step
 budgets] in fxopt/step.py) with one more fact: how many runs of the block graph hold their
@@ -12,7 +13,10 @@ saved tensors at once, blocks sharing one compiled graph x microbatches in fligh
 stage (`Options.in_flight`). Under 1F1B the first stages have the most microbatches in flight,
 so the same rank budget gives them the tighter plan. Memory that eager code holds (the
 embedding, a loss on the logits, the pipeline's buffers for the stage's inputs and outputs)
-is not predicted: the measured step shows it and the graphs are re-planned around it.
+is not predicted: the measured step shows what is allocated between the first graph's forward
+and the last backward, and the graphs are re-planned around it. What eager code allocates
+before the first graph runs and holds through the step (the embedding's output, FSDP's
+buffers for the root) is outside that window: keep a few percent of the budget for it.
 """
 
 from __future__ import annotations
@@ -115,7 +119,8 @@ def _fsdp_modules(model: nn.Module) -> list[nn.Module]:
 
 def _own_params(module: nn.Module, inner: Iterable[nn.Module]) -> list[nn.Parameter]:
     """The parameters `module` manages itself (not those of the FSDP modules inside it)."""
-    skip = {id(p) for m in inner if m is not module for p in m.parameters()}
+    inside = {id(m) for m in module.modules() if m is not module}
+    skip = {id(p) for m in inner if id(m) in inside for p in m.parameters()}
     return [p for p in module.parameters() if id(p) not in skip]
 
 
@@ -136,7 +141,9 @@ def split_rank_budget(model: nn.Module, budget: Any, *, blocks: int = 1,
         own = {id(m): sum(_full_bytes(p) for p in _own_params(m, fsdp)) for m in fsdp}
         root = own.get(id(model), 0)
         inner = [own[id(m)] for m in fsdp if m is not model]
-        unsharded = root + 2 * max(inner, default=0)
+        # the block computed, the one prefetched, and the all-gather's output buffer that is
+        # copied out into the next block's parameters
+        unsharded = root + 3 * max(inner, default=0)
     opt = optimizer_bytes_ if optimizer_bytes_ is not None else \
         optimizer_bytes(optimizer, trainable)
     split = RankSplit(parsed.nbytes, sum(_local_bytes(p) for p in params), opt,

@@ -13,7 +13,7 @@ import torch
 import torch.fx as fx
 
 from fxopt.compat import partitioners
-from fxopt.opclass import refusal_for_recompute
+from fxopt.opclass import Effect, classify, refusal_for_recompute
 from fxopt.passes.meta import PlanApplyError
 
 
@@ -39,6 +39,19 @@ def forward_side(joint: fx.GraphModule, num_fwd_outputs: int,
 
 def _forward_set(info: Any) -> set[fx.Node]:
     return set(info.required_fw_nodes) | (set(info.unclaimed_nodes) - set(info.required_bw_nodes))
+
+
+def _drop_dead_forward_collectives(bwd: fx.GraphModule, forward_names: set[str]) -> None:
+    """The backward's extraction keeps a forward collective that nothing in backward reads
+    (dead code elimination counts collectives as impure), and with it the chain that feeds it:
+    they ran in forward and must not run again. The backward's own collectives stay."""
+    def impure(node: fx.Node) -> bool:
+        if node.name in forward_names and classify(node).effect is Effect.COLLECTIVE:
+            return False
+        return node.is_impure()
+
+    bwd.graph.eliminate_dead_code(is_impure_node=impure)
+    bwd.recompile()
 
 
 def split_joint(joint: fx.GraphModule, saved_names: Iterable[str], *, num_fwd_outputs: int,
@@ -70,6 +83,7 @@ def split_joint(joint: fx.GraphModule, saved_names: Iterable[str], *, num_fwd_ou
     fwd, bwd = partitioners()._extract_fwd_bwd_modules(
         joint, saved_values, saved_sym_nodes=saved_syms, num_fwd_outputs=num_fwd_outputs,
         static_lifetime_input_nodes=info.static_lifetime_input_nodes)
+    _drop_dead_forward_collectives(bwd, {n.name for n in fwd_nodes})
     recomputed = tuple(n.name for n in bwd.graph.nodes
                        if n.op == "call_function" and by_name.get(n.name) in fwd_nodes)
     for name in recomputed:
