@@ -66,7 +66,9 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
     if (refused := step.infeasible_error()) is not None:
         raise refused
     reports = tuple(dataclasses.replace(r, index=i) for i, r in enumerate(found.values()))
-    result = StepReport(reports, count, time.perf_counter() - t0)
+    result = StepReport(reports, count, time.perf_counter() - t0,
+                        copies=tuple(step.copies(k) for k in found),
+                        reserved_bytes=opts.reserved)
     if not result.graphs:
         raise RuntimeError(f"Dynamo built {count} graph(s) for this step but none needs a "
                            "backward pass: check that the loss depends on the model's parameters")

@@ -257,3 +257,31 @@ def test_tensor_parallel_collectives_run_once(tmp_path: Path) -> None:
         assert r["bwd"] == {"_c10d_functional.reduce_scatter_tensor.default": 1,
                             "_c10d_functional.wait_tensor.default": 1}
         assert r["grads"] < 1e-5
+
+
+def test_plan_pipeline_stages_on_the_meta_device() -> None:
+    """Stage 0 and stage 3 of a 4-stage 1F1B pipeline planned for an H100 without a GPU or a
+    process group: the first stage has 4 microbatches in flight and gets the tighter plan."""
+    from examples.gpt import GPTConfig
+    from examples.train_distributed import FirstStage, LastStage, untied_gpt
+
+    cfg = GPTConfig(n_layer=8, n_embd=128, n_head=4, block_size=256, vocab_size=512,
+                    dropout=0.0)
+    with torch.device("meta"):
+        gpt = untied_gpt(cfg, 0)
+    first = FirstStage(gpt, 2)
+    last = LastStage(gpt, 6)
+    x = torch.randint(0, 512, (8, 256), device="meta")
+    h = torch.randn(8, 256, 128, device="meta")
+    budget = 160 * 2**20
+    reports = [fd.explain_rank(mod, inp, budget=budget, device="h100",
+                               pipeline=fd.Pipeline("1F1B", stage, 4, 8))
+               for stage, mod, inp in ((0, first, x), (3, last, h))]
+    assert [r.copies for r in reports] == [(4,), (1,)]
+    for r in reports:
+        assert r.peak_bytes is not None and not r.fallbacks
+        assert "rank budget 160.00 MiB" in r.note
+    first_plan, last_plan = (r.graphs[0] for r in reports)
+    # the same rank budget: four runs of the first stage must fit where the last has one
+    assert first_plan.plan_use.held_bytes < first_plan.keep_use.held_bytes
+    assert 4 * first_plan.plan_use.held_bytes < 160 * 2**20

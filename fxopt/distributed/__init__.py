@@ -11,7 +11,8 @@ See NOTE [Rank budgets] (split.py) and NOTE [One plan on every rank] (agree.py).
 
 from fxopt.distributed.backend import RankBackend, backend
 from fxopt.distributed.layout import Pipeline, UnsupportedScheduleError, schedule_name
+from fxopt.distributed.plan import explain_rank
 from fxopt.distributed.split import RankSplit, optimizer_bytes, split_rank_budget
 
 __all__ = ["Pipeline", "RankBackend", "RankSplit", "UnsupportedScheduleError", "backend",
-           "optimizer_bytes", "schedule_name", "split_rank_budget"]
+           "explain_rank", "optimizer_bytes", "schedule_name", "split_rank_budget"]
