@@ -70,10 +70,8 @@ class StepGraph:
         self._compiled = _compile(gm, example_inputs, options, step, self.key, **compile_kwargs)
         self.recompiles = 0
         self._calls = 0
-        self._in_flight = 0  # runs whose backward has not run yet (NOTE [Counting runs])
-        self._wave = 0  # the most in flight since the count was last 0
-        self._wave_backwards = 0  # of those, runs whose backward ran
-        self._waves = 0  # waves with a backward since the last compile
+        self._runs = step.runs(self.key)  # shared by every compile of this frame
+        self._waves = 0  # waves with a backward since this compile
         self._trains = False  # a run has had an autograd node (a training graph)
 
     def __call__(self, *args: Any) -> Any:
@@ -112,24 +110,26 @@ class StepGraph:
         if node is None:
             return False
         self._trains = True
-        self._in_flight += 1
+        runs = self._runs
+        runs.in_flight += 1
         self.step.in_flight += 1
-        self._wave = max(self._wave, self._in_flight)
+        runs.wave = max(runs.wave, runs.in_flight)
         done = [False]
 
         def finish(backward: bool) -> None:
             if done[0]:
                 return
             done[0] = True
-            self._in_flight -= 1
+            runs.in_flight -= 1
             self.step.in_flight -= 1
-            self._wave_backwards += backward
-            if self._in_flight == 0:
-                wave, self._wave = self._wave, 0
-                if self._wave_backwards:  # runs dropped unused (a shape probe) say nothing
-                    self._waves += 1
+            runs.backwards += backward
+            if backward:
+                self._waves += 1
+            if runs.in_flight == 0:
+                wave, runs.wave = runs.wave, 0
+                if runs.backwards:  # runs dropped unused (a shape probe) say nothing
                     self._saw(wave)
-                self._wave_backwards = 0
+                runs.backwards = 0
             meter = self.step.meter
             if not self.step.in_flight and meter is not None:
                 self.step.meter = None
@@ -201,7 +201,7 @@ class StepGraph:
 
 
 def _leaves(out: Any) -> list[Any]:
-    from torch.utils._pytree import tree_leaves
+    from fxopt.compat import tree_leaves
 
     return tree_leaves(out)
 

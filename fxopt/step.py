@@ -145,6 +145,17 @@ class Share:
 
 
 @dataclass
+class Runs:
+    """Runs of one graph in flight (NOTE [Counting runs] in fxopt/compiler.py), shared by
+    every compile of its frame (a recompile for inputs that now need gradients is the same
+    graph of the step)."""
+
+    in_flight: int = 0  # runs whose backward has not run yet
+    wave: int = 0  # the most in flight since the count was last 0
+    backwards: int = 0  # runs of this wave whose backward ran
+
+
+@dataclass
 class _Entry:
     key: str
     keep: GraphUse | None = None  # keeping everything
@@ -184,6 +195,7 @@ class Step:
         self.meter: Any = None  # the measurement of the step in progress
         self.in_flight = 0  # runs of its graphs whose backward has not run yet
         self.agreement: Agreement | None = None  # set where ranks must plan alike
+        self._runs: dict[str, Runs] = {}
         self.compiles = 0  # graphs planned so far: a step that compiles is not measured
 
     def __len__(self) -> int:
@@ -446,6 +458,10 @@ class Step:
         declared (`Options.in_flight`)."""
         seen = self._entry(key).copies
         return seen if seen is not None else self.options.in_flight
+
+    def runs(self, key: str) -> Runs:
+        with self._lock:
+            return self._runs.setdefault(key, Runs())
 
     def copies(self, key: str) -> int:
         with self._lock:
