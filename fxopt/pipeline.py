@@ -88,7 +88,8 @@ def _cost_us(cand: Candidate, decision: Decision) -> int:
     return 0
 
 
-def _reason(kind: Kind, info_unsafe: str | None, lowbit_rule: str) -> str:
+def _reason(decision: Decision, info_unsafe: str | None, lowbit_rule: str) -> str:
+    kind = decision.kind
     if kind is Kind.KEEP:
         return (f"kept, cannot be recomputed: {info_unsafe}" if info_unsafe else
                 "kept until the backward: the budget has room for it, and keeping costs no time")
@@ -96,7 +97,7 @@ def _reason(kind: Kind, info_unsafe: str | None, lowbit_rule: str) -> str:
         return "freed after the forward, recomputed in the backward just before it is needed"
     if kind.lowbit:
         where = " in host memory" if kind.offloaded else ""
-        return f"stored in low precision{where} until the backward ({lowbit_rule})"
+        return f"stored in {decision.fmt}{where} until the backward ({lowbit_rule})"
     return ("copied to host memory after the forward and back before the backward needs it "
             "(the copy overlaps compute where possible)")
 
@@ -331,7 +332,6 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     device = torch.device(device_type) if device_type else graph_device(gm)
     offload = options.offload if options.offload is not None else device.type == "cuda"
     profile = get_profile(options.device.value)
-    lowbit = options.lowbit.value if options.lowbit is not None else None
     built = build_problem(joint, profile, host_is_device=device.type == "cpu")
     baseline = simulate(built.problem, keep_all(built.problem))
     stages.append(Stage("cost models", time.perf_counter() - t0))
@@ -342,7 +342,8 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     mine = share_fn(keep, default_use)
     budget, strict = mine.budget_bytes, mine.strict
     solver_options = SolverOptions(time_limit_s=options.time_limit_s, allow_offload=offload,
-                                   allow_lowbit=lowbit, offload_available=device.type == "cuda")
+                                   allow_lowbit=options.lowbit,
+                                   offload_available=device.type == "cuda")
     solve_args = (gm, built)
     rest = dict(solver_options=solver_options, num_fwd_outputs=num_fwd_outputs,
                 static=static_lifetime_input_indices, strict=strict,
@@ -384,8 +385,8 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                for name, fwd_code, bwd_code in applied.programs]
     keep_line = Timeline(KEEP_SERIES, baseline.memory, built.problem.num_fwd_steps)
     tensors = tuple(
-        TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind.value, _cost_us(cand, d),
-                  _reason(d.kind, info.not_recomputable, info.lowbit_rule), info.source)
+        TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind, _cost_us(cand, d),
+                  _reason(d, info.not_recomputable, info.lowbit_rule), info.source, d.fmt)
         for cand, info, d in zip(built.problem.candidates, built.info, plan.decisions))
     use = planned_use(planned, applied.bwd, static_lifetime_input_indices)
     return Planned(applied.fwd, applied.bwd, plan, built, planned.peak_bytes,

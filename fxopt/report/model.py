@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fxopt.config import Options, format_bytes
-from fxopt.plan import Status
+from fxopt.plan import Kind, LowbitFormat, Status
 from fxopt.step import Coupling, GraphUse, step_peak
 
 
@@ -40,10 +40,17 @@ class TensorRow:
     shape: tuple[str, ...]
     dtype: str
     nbytes: int
-    choice: str  # "keep", "recompute", "offload", "lowbit", "lowbit_offload"
+    choice: Kind  # the plan's decision kind (a str: "keep", "recompute", "lowbit", ...)
     cost_us: int  # estimated time the choice adds to the step
     reason: str  # why (e.g. "cheap to recompute", "random: never recomputed")
     source: str = ""  # where in the user's code: "block.fc1: h = self.fc1(x)"; "" if unknown
+    fmt: LowbitFormat | None = None  # the storage format of a low-bit choice
+
+    def __post_init__(self) -> None:
+        if type(self.choice) is not Kind:
+            object.__setattr__(self, "choice", Kind(self.choice))
+        if self.fmt is not None and type(self.fmt) is not LowbitFormat:
+            object.__setattr__(self, "fmt", LowbitFormat.parse(self.fmt))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ Problems for tests and benchmarks).
 
 from __future__ import annotations
 
-from fxopt.plan import LOWBIT_FORMATS, Decision, Kind, Plan
+from fxopt.plan import LOWBIT_FORMATS, Decision, Kind, LowbitFormat, Plan
 from fxopt.solver.cache import PlanCache, cache_key
 from fxopt.solver.errors import InfeasibleBudgetError, InvalidPlanError, NoPlanFoundError
 from fxopt.solver.greedy import greedy
@@ -24,7 +24,7 @@ from fxopt.solver.validate import Simulation, baseline_peak, keep_all, simulate,
 
 __all__ = [
     "LOWBIT_FORMATS", "Candidate", "Decision", "InfeasibleBudgetError",
-    "InvalidPlanError", "Kind", "NoPlanFoundError", "Plan", "PlanCache", "Problem",
+    "InvalidPlanError", "Kind", "LowbitFormat", "NoPlanFoundError", "Plan", "PlanCache", "Problem",
     "ProblemError", "Simulation", "SolverOptions", "baseline_peak", "budget_bytes", "cache_key",
     "greedy", "keep_all", "min_peak", "simulate", "solve", "to_us", "validate",
 ]
