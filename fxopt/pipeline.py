@@ -44,22 +44,30 @@ from fxopt.tensor_meta import size_hint
 
 @dataclass(frozen=True)
 class Planned:
+    """What planning one joint graph found: fxopt's plan applied to the graphs, and what it
+    and keeping everything hold. The graph's `Report` holds it as `report.planned`, whichever
+    partition is then used, and reads the planning's facts from it."""
+
     fwd: fx.GraphModule
     bwd: fx.GraphModule
     plan: Plan
     built: BuiltProblem
-    peak_bytes: int  # predicted by the memory simulator on the rewritten graphs
-    baseline_peak_bytes: int
-    budget_bytes: int
+    baseline_peak_bytes: int  # predicted with every tensor the backward needs kept
+    budget_bytes: int  # the budget the plan was held to
     share: Share  # the graph's part of the step's budget
     use: GraphUse  # what the plan holds, as the step sees it
     keep_use: GraphUse  # the same, everything kept
     tensors: tuple[TensorRow, ...]
-    timelines: tuple[Timeline, ...]
+    timelines: tuple[Timeline, Timeline]  # keep everything, fxopt's plan
     stages: tuple[Stage, ...]
     # Set when the size the user gave cannot be met even with the rest of the step re-planned:
     # the plan is then the lowest one found, and the caller refuses the budget.
     refused: InfeasibleBudgetError | None = None
+
+    @property
+    def peak_bytes(self) -> int:
+        """Predicted by the memory simulator on the rewritten graphs."""
+        return self.timelines[1].peak_bytes
 
 
 def graph_device(gm: fx.GraphModule) -> torch.device:
@@ -389,6 +397,5 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                   _reason(d, info.not_recomputable, info.lowbit_rule), info.source, d.fmt)
         for cand, info, d in zip(built.problem.candidates, built.info, plan.decisions))
     use = planned_use(planned, applied.bwd, static_lifetime_input_indices)
-    return Planned(applied.fwd, applied.bwd, plan, built, planned.peak_bytes,
-                   baseline.peak_bytes, budget, mine, use, keep, tensors, (keep_line, planned),
-                   tuple(stages), refused)
+    return Planned(applied.fwd, applied.bwd, plan, built, baseline.peak_bytes, budget, mine, use,
+                   keep, tensors, (keep_line, planned), tuple(stages), refused)
