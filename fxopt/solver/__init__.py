@@ -6,9 +6,9 @@ the graph adapter (`fxopt.problem_builder`) builds the Problem.
     plan = solve(problem, 0.5, SolverOptions(time_limit_s=10), cache_dir=None)
     validate(problem, plan)            # what solve() already checked: the spec
 
-Modules: problem (data, integer scaling), plan (answer), validate (exact simulator = spec),
-greedy, cpsat (model), lazy (lazy rows), planner (solve), cache, errors, synthetic (GPT-like
-Problems for tests and benchmarks).
+Modules: problem (data, integer scaling), options, validate (exact simulator = spec), greedy,
+cpsat (model), lazy (lazy rows), planner (solve), cache, errors. The answer, `Plan`, and its
+vocabulary (`Decision`, `Kind`, `LowbitFormat`, `Status`) are `fxopt.plan`'s.
 """
 
 from __future__ import annotations
