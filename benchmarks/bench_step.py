@@ -25,16 +25,13 @@ Results: ``benchmarks/results/step_budget_<device>.csv`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import time
-import traceback
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from benchmarks import bench_zoo
+from benchmarks import bench_zoo, child
 from benchmarks.csv_out import write_csv
 
 MiB = 2**20
@@ -109,19 +106,11 @@ def child_measure(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _child_main(arg: str) -> None:
-    job = json.loads(arg)
-    try:
-        result = (child_explain if job["kind"] == "explain" else child_measure)(job)
-    except Exception as err:  # noqa: BLE001 - the parent records it in the row
-        traceback.print_exc()
-        result = {"error": f"{type(err).__name__}: {err}".replace("\n", " ")[:400]}
-    with open(job["out"], "w") as f:
-        json.dump(result, f)
+HANDLERS = {"explain": child_explain, "measure": child_measure}  # a child's jobs, by kind
 
 
 def run_child(job: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    return bench_zoo.run_child(job, timeout_s, module="benchmarks.bench_step")[0]
+    return child.run_child(job, timeout_s, "benchmarks.bench_step")[0]
 
 
 # ---- parent ------------------------------------------------------------------------------------
@@ -214,16 +203,13 @@ def markdown(rows: list[Row], header: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = child.parser(__doc__)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--out", default="benchmarks/results/")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child is not None:
-        _child_main(args.child)
+    args = child.parse_or_run(parser, argv, HANDLERS)
+    if args is None:  # a child process: its job is done
         return
 
     import torch

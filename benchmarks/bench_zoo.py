@@ -21,11 +21,11 @@ first call (neuralop's positional-embedding grid) does not make Dynamo recompile
 step: the graph that is explained and compiled is the one every measured step runs.  Graphs
 Dynamo builds after the first step are still counted (``recompiles``).
 
-Every explain and every measurement runs in a fresh Python process (``--child '<json>'``) started
-with ``benchmarks.measure.MEASURE_ENV`` (glibc ``mmap`` threshold so the RSS peak is exact, one
-thread,
-no FX-graph / AOTAutograd cache) and a timeout; a failing part leaves its error in the row and
-the benchmark goes on.  Results: ``benchmarks/results/zoo_<device>.csv`` and ``.md``.
+Every explain and every measurement runs in a fresh Python process (``--child '<json>'``,
+``benchmarks/child.py``) started with ``benchmarks.measure.MEASURE_ENV`` (glibc ``mmap``
+threshold so the RSS peak is exact, one thread, no FX-graph / AOTAutograd cache) and a timeout;
+a failing part leaves its error in the row and the benchmark goes on.  Results:
+``benchmarks/results/zoo_<device>.csv`` and ``.md``.
 
 Run from the repository root::
 
@@ -36,17 +36,14 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from benchmarks import child
 from benchmarks.csv_out import write_csv
 
 MiB = 2**20
@@ -206,47 +203,11 @@ def child_measure(job: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _child_main(arg: str) -> None:
-    job = json.loads(arg)
-    try:
-        result = (child_explain if job["kind"] == "explain" else child_measure)(job)
-    except Exception as err:  # noqa: BLE001 - the parent records it in the row
-        traceback.print_exc()
-        text = f"{type(err).__name__}: {err}".strip().replace("\n", " ")
-        result = {"error": text[:400]}
-    with open(job["out"], "w") as f:
-        json.dump(result, f)
+HANDLERS = {"explain": child_explain, "measure": child_measure}  # a child's jobs, by kind
+MODULE = "benchmarks.bench_zoo"  # what a child process runs
 
 
 # ---- parent ------------------------------------------------------------------------------------
-
-def run_child(job: dict[str, Any], timeout_s: float, module: str = "benchmarks.bench_zoo"
-              ) -> tuple[dict[str, Any], float]:
-    """Runs one job in a fresh process (`python -m <module> --child <job>`); (its result or
-    {"error": ...}, wall seconds)."""
-    from benchmarks.measure import MEASURE_ENV
-
-    with tempfile.TemporaryDirectory() as tmp:
-        job = dict(job, out=os.path.join(tmp, "result.json"))
-        env = dict(os.environ, **MEASURE_ENV,
-                   PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run([sys.executable, "-m", module, "--child", json.dumps(job)],
-                                  env=env, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return {"error": f"timed out after {timeout_s:.0f} s"}, time.perf_counter() - t0
-        wall = time.perf_counter() - t0
-        if os.path.exists(job["out"]):
-            with open(job["out"]) as f:
-                result = json.load(f)
-            if "error" in result:
-                sys.stderr.write(proc.stderr[-3000:])
-            return result, wall
-        sys.stderr.write(proc.stderr[-3000:])
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"error": f"exit {proc.returncode}: {last[:300]}"}, wall
-
 
 @dataclass
 class Row:
@@ -316,7 +277,7 @@ def bench_case(name: str, batch: int, steps: int, device: str, timeout_s: float,
     errors: list[str] = []
     base = dict(case=name, batch=batch, device=device, steps=steps)
 
-    ex, wall = run_child(dict(base, kind="explain"), timeout_s)
+    ex, wall = child.run_child(dict(base, kind="explain"), timeout_s, MODULE)
     row.wall_s += wall
     row.extra["explain"] = ex
     fallbacks = 0
@@ -340,7 +301,7 @@ def bench_case(name: str, batch: int, steps: int, device: str, timeout_s: float,
 
     measured: dict[str, dict[str, Any]] = {}
     for method in METHODS:
-        r, wall = run_child(dict(base, kind="measure", method=method), timeout_s)
+        r, wall = child.run_child(dict(base, kind="measure", method=method), timeout_s, MODULE)
         row.wall_s += wall
         row.extra[method] = r
         k = _key(method)
@@ -480,18 +441,15 @@ def _source_version() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = child.parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="cases: " + ",".join(QUICK))
     parser.add_argument("--cases", default=None, help="comma-separated zoo case names")
     parser.add_argument("--batch", type=int, default=BATCH)
     parser.add_argument("--steps", type=int, default=STEPS, help="timed steps per run")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per child process")
     parser.add_argument("--out", default="benchmarks/results/")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child is not None:
-        _child_main(args.child)
+    args = child.parse_or_run(parser, argv, HANDLERS)
+    if args is None:  # a child process: its job is done
         return
 
     import torch

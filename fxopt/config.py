@@ -15,16 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fxopt.plan import LowbitFormat
+
 
 class OptionsError(ValueError):
     """An fxopt option (keyword argument or environment variable) has an invalid value."""
 
 
-class LowBit(enum.Enum):
-    """Low-bit formats a saved tensor may be stored in."""
-
-    FP8 = "fp8"  # float8 e4m3fn with fp32 scales
-    INT8 = "int8"  # symmetric int8 with fp32 scales
+LowBit = LowbitFormat  # `fxopt.LowBit`: the low-bit formats under their public name
 
 
 class DeviceProfile(enum.Enum):
@@ -131,8 +129,11 @@ def format_bytes(n: int | float) -> str:
 def _enum_value(cls: type[enum.Enum], value: Any, name: str) -> Any:
     if isinstance(value, cls):
         return value
+    # str.strip, not str(): a str enum of another class prints as "Class.MEMBER" (NOTE [String
+    # enums] in fxopt/plan.py) but strips to its value.
+    text = value.strip().lower() if isinstance(value, str) else str(value)
     try:
-        return cls(str(value).strip().lower())
+        return cls(text)
     except ValueError as err:
         forms = ", ".join(repr(m.value) for m in cls)
         raise OptionsError(f"{name}={value!r} is not valid; use one of {forms}") from err
@@ -162,7 +163,7 @@ class Options:
 
     budget: Budget | None = None
     offload: bool | None = None
-    lowbit: LowBit | None = None
+    lowbit: LowbitFormat | None = None
     time_limit_s: float = 10.0
     device: DeviceProfile = DeviceProfile.AUTO
     debug: bool = False
@@ -175,7 +176,7 @@ class Options:
         # Normalise user-friendly forms (0.5, "fp8", "cpu") into typed values.
         object.__setattr__(self, "budget", parse_budget(self.budget))
         if self.lowbit is not None:
-            object.__setattr__(self, "lowbit", _enum_value(LowBit, self.lowbit, "lowbit"))
+            object.__setattr__(self, "lowbit", _enum_value(LowbitFormat, self.lowbit, "lowbit"))
         object.__setattr__(self, "device", _enum_value(DeviceProfile, self.device, "device"))
         if self.offload is not None and not isinstance(self.offload, bool):
             raise OptionsError(f"offload={self.offload!r} must be True, False or None (auto)")
@@ -246,11 +247,11 @@ def _parse_offload(raw: str) -> bool | None:
     return None if raw.strip().lower() == "auto" else parse_flag(raw)
 
 
-def _parse_lowbit(raw: str) -> LowBit | None:
+def _parse_lowbit(raw: str) -> LowbitFormat | None:
     value = raw.strip().lower()
     if value in _FALSE or value == "none":
         return None
-    return _enum_value(LowBit, value, "lowbit")
+    return _enum_value(LowbitFormat, value, "lowbit")
 
 
 def _parse_time_limit(raw: str) -> float:

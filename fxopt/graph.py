@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TypeVar
@@ -164,7 +164,7 @@ class GraphView:
             raise KeyError(f"no node named {name!r} in this graph view; names come from the "
                            "FX graph it was built from") from err
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Node]:
         return iter(self.nodes)
 
     def __len__(self) -> int:
@@ -337,15 +337,25 @@ def _role(n: fx.Node, primal_index: int | None, statics: set[int], know_statics:
     return Role.SAVED
 
 
+def _alias(n: fx.Node) -> tuple[str, int]:
+    """A view's (source node, output index): the node whose storage it shares and, through a
+    getitem, which of that node's outputs (`_kind` makes a view only of a node's value)."""
+    src = n.args[0]
+    if not isinstance(src, fx.Node):
+        raise TypeError(f"view {n.name} ({n.target}) reads {src!r}, not a node of the graph")
+    if n.target is not operator.getitem:
+        return src.name, 0
+    index = n.args[1]
+    if not isinstance(index, int):
+        raise TypeError(f"getitem {n.name} takes output {index!r} of {src.name}, not an int")
+    return src.name, index
+
+
 def _make_node(n: fx.Node, index: int, side: Side, is_output: bool, primal_index: int | None,
                statics: set[int], know_statics: bool) -> Node:
     kind = _kind(n)
     inputs = tuple(dict.fromkeys(a.name for a in n.all_input_nodes))
-    alias_of, alias_index = None, 0
-    if kind is OpKind.VIEW:
-        alias_of = n.args[0].name
-        if n.target is operator.getitem:
-            alias_index = int(n.args[1])
+    alias_of, alias_index = _alias(n) if kind is OpKind.VIEW else (None, 0)
     target = n.target
     op = (n.op if n.op in ("placeholder", "output") else
           "getitem" if target is operator.getitem else str(target))

@@ -18,7 +18,6 @@ import torch.fx as fx
 from fxopt.compat import min_cut_partition, tree_leaves
 from fxopt.config import Options, OptionsError, format_bytes
 from fxopt.pipeline import (
-    Planned,
     plan_joint,
     planned_use,
     saved_input_bytes,
@@ -66,27 +65,21 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
     stages = [Stage("PyTorch partition", time.perf_counter() - t0)]
     default_timeline = None
 
-    def report(fwd: fx.GraphModule, bwd: fx.GraphModule, strategy: str,
-               planned: Planned | None = None, **fields: Any) -> Report:
-        """The one place a Report is built: what every outcome shares, what the planning knows
-        (when it got that far), and the outcome's own `fields`."""
+    def report(fwd: fx.GraphModule, bwd: fx.GraphModule, strategy: str, **fields: Any
+               ) -> Report:
+        """The one place a Report is built: what every outcome shares and the outcome's own
+        `fields` (with `planned`, what the planning found, when it got that far)."""
         default_use = (planned_use(default_timeline, default_bwd, static)
                        if default_timeline else None)
         common: dict[str, Any] = dict(
             options=options, strategy=strategy, plan=None, fallback_reason=None,
-            peak_bytes=None, baseline_peak_bytes=None, budget_bytes=None, solve_seconds=0.0,
+            peak_bytes=None, solve_seconds=0.0,
             joint_ops=_count_ops(gm), forward_ops=_count_ops(fwd), backward_ops=_count_ops(bwd),
             saved=saved_tensors(bwd, static), seconds=time.perf_counter() - start,
             stages=tuple(stages), forward_graph=fwd, backward_graph=bwd, joint_graph=gm,
             default_peak_bytes=default_timeline.peak_bytes if default_timeline else None,
             timelines=(default_timeline,) if default_timeline else (), step_key=key,
             default_use=default_use, largest_output=_largest_output(fwd, num_fwd_outputs))
-        if planned is not None:
-            common.update(
-                baseline_peak_bytes=planned.baseline_peak_bytes,
-                budget_bytes=planned.budget_bytes, problem=planned.built.problem,
-                coupling=planned.share.coupling,
-                step_budget_bytes=planned.share.step_budget_bytes, keep_use=planned.keep_use)
         return Report(**{**common, **fields})
 
     try:
@@ -101,8 +94,7 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
     except (InfeasibleBudgetError, OptionsError) as err:
         err.report = report(default_fwd, default_bwd, "error",
                             fallback_reason=f"{type(err).__name__}: {err}",
-                            error=f"{type(err).__name__}: {err}",
-                            problem=getattr(err, "problem", None))
+                            error=f"{type(err).__name__}: {err}")
         raise
     except Exception as err:  # noqa: BLE001 - see NOTE [Fallback]; the cause is logged in full
         log.warning("fxopt: could not plan this graph (%s: %s); using PyTorch's default partition "
@@ -123,7 +115,7 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
                  "using it for %s", format_bytes(own_peak(default_use, coupling)),
                  format_bytes(own_peak(planned.use, coupling)), key)
         return default_fwd, default_bwd, report(
-            default_fwd, default_bwd, "PyTorch default", planned,
+            default_fwd, default_bwd, "PyTorch default", planned=planned,
             peak_bytes=default_timeline.peak_bytes, status=Status.DEFAULT_LOWER,
             plan_use=default_use, timelines=(planned.timelines[0], default_timeline))
     plan = planned.plan
@@ -139,7 +131,7 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
                 "them at their next call", key, ", ".join(restale),
                 format_bytes(planned.share.step_budget_bytes or 0))
     result = report(
-        planned.fwd, planned.bwd, "fxopt plan", planned, plan=plan,
+        planned.fwd, planned.bwd, "fxopt plan", planned=planned, plan=plan,
         peak_bytes=planned.peak_bytes, solve_seconds=plan.solve_seconds,
         stages=tuple(stages) + planned.stages, status=plan.status,
         extra_time_us=plan.extra_time_us, tensors=planned.tensors,

@@ -45,22 +45,30 @@ from fxopt.tensor_meta import size_hint
 
 @dataclass(frozen=True)
 class Planned:
+    """What planning one joint graph found: fxopt's plan applied to the graphs, and what it
+    and keeping everything hold. The graph's `Report` holds it as `report.planned`, whichever
+    partition is then used, and reads the planning's facts from it."""
+
     fwd: fx.GraphModule
     bwd: fx.GraphModule
     plan: Plan
     built: BuiltProblem
-    peak_bytes: int  # predicted by the memory simulator on the rewritten graphs
-    baseline_peak_bytes: int
-    budget_bytes: int
+    baseline_peak_bytes: int  # predicted with every tensor the backward needs kept
+    budget_bytes: int  # the budget the plan was held to
     share: Share  # the graph's part of the step's budget
     use: GraphUse  # what the plan holds, as the step sees it
     keep_use: GraphUse  # the same, everything kept
     tensors: tuple[TensorRow, ...]
-    timelines: tuple[Timeline, ...]
+    timelines: tuple[Timeline, Timeline]  # keep everything, fxopt's plan
     stages: tuple[Stage, ...]
     # Set when the size the user gave cannot be met even with the rest of the step re-planned:
     # the plan is then the lowest one found, and the caller refuses the budget.
     refused: InfeasibleBudgetError | None = None
+
+    @property
+    def peak_bytes(self) -> int:
+        """Predicted by the memory simulator on the rewritten graphs."""
+        return self.timelines[1].peak_bytes
 
 
 def graph_device(gm: fx.GraphModule) -> torch.device:
@@ -89,7 +97,8 @@ def _cost_us(cand: Candidate, decision: Decision) -> int:
     return 0
 
 
-def _reason(kind: Kind, info_unsafe: str | None, lowbit_rule: str) -> str:
+def _reason(decision: Decision, info_unsafe: str | None, lowbit_rule: str) -> str:
+    kind = decision.kind
     if kind is Kind.KEEP:
         return (f"kept, cannot be recomputed: {info_unsafe}" if info_unsafe else
                 "kept until the backward: the budget has room for it, and keeping costs no time")
@@ -97,7 +106,7 @@ def _reason(kind: Kind, info_unsafe: str | None, lowbit_rule: str) -> str:
         return "freed after the forward, recomputed in the backward just before it is needed"
     if kind.lowbit:
         where = " in host memory" if kind.offloaded else ""
-        return f"stored in low precision{where} until the backward ({lowbit_rule})"
+        return f"stored in {decision.fmt}{where} until the backward ({lowbit_rule})"
     return ("copied to host memory after the forward and back before the backward needs it "
             "(the copy overlaps compute where possible)")
 
@@ -355,7 +364,6 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     device = torch.device(device_type) if device_type else graph_device(gm)
     offload = options.offload if options.offload is not None else device.type == "cuda"
     profile = get_profile(options.device.value)
-    lowbit = options.lowbit.value if options.lowbit is not None else None
     built = build_problem(joint, profile, host_is_device=device.type == "cpu")
     baseline = simulate(built.problem, keep_all(built.problem))
     stages.append(Stage("cost models", time.perf_counter() - t0))
@@ -366,7 +374,8 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     mine = share_fn(keep, default_use)
     budget, strict = mine.budget_bytes, mine.strict
     solver_options = SolverOptions(time_limit_s=options.time_limit_s, allow_offload=offload,
-                                   allow_lowbit=lowbit, offload_available=device.type == "cuda")
+                                   allow_lowbit=options.lowbit,
+                                   offload_available=device.type == "cuda")
     solve_args = (gm, built)
     rest = dict(solver_options=solver_options, num_fwd_outputs=num_fwd_outputs,
                 static=static_lifetime_input_indices, strict=strict,
@@ -411,10 +420,9 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                for name, fwd_code, bwd_code in applied.programs]
     keep_line = Timeline(KEEP_SERIES, baseline.memory, built.problem.num_fwd_steps)
     tensors = tuple(
-        TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind.value, _cost_us(cand, d),
-                  _reason(d.kind, info.not_recomputable, info.lowbit_rule), info.source)
+        TensorRow(info.name, info.shape, info.dtype, cand.bytes, d.kind, _cost_us(cand, d),
+                  _reason(d, info.not_recomputable, info.lowbit_rule), info.source, d.fmt)
         for cand, info, d in zip(built.problem.candidates, built.info, plan.decisions))
     use = planned_use(planned, applied.bwd, static_lifetime_input_indices)
-    return Planned(applied.fwd, applied.bwd, plan, built, planned.peak_bytes,
-                   baseline.peak_bytes, budget, mine, use, keep, tensors, (keep_line, planned),
-                   tuple(stages), refused)
+    return Planned(applied.fwd, applied.bwd, plan, built, baseline.peak_bytes, budget, mine, use,
+                   keep, tensors, (keep_line, planned), tuple(stages), refused)

@@ -12,12 +12,45 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-LOWBIT_FORMATS = ("fp8", "int8")  # the storage formats of a low-bit saved tensor
 LOWBIT_BLOCK = 128  # elements per fp32 scale in a low-bit tensor stored by blocks
 
 
+# NOTE [String enums]
+# The plan's enums are `str` subclasses whose value is what users type and files hold ("fp8",
+# "recompute", "OPTIMAL"), so that user input, dict keys, JSON plans and cached plans read as
+# before. With `str` as the first base, equality and hashing are the string's: the member and
+# its value are the same dict key ({LowbitFormat.FP8: x}["fp8"] is x). What differs is
+# printing: since Python 3.11, str(member) and f"{member}" give "LowbitFormat.FP8" (Enum's
+# __str__ comes before str's), so a member formatted into a node name, a message or a lookup
+# through str() would not read "fp8". Each enum here returns its value from __str__.
+class LowbitFormat(str, enum.Enum):
+    """The storage formats of a low-bit saved tensor (NOTE [String enums])."""
+
+    FP8 = "fp8"  # float8 e4m3fn with fp32 scales
+    INT8 = "int8"  # symmetric int8 with fp32 scales
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value: object) -> LowbitFormat:
+        """The format named by `value` (a member or its value); a ValueError naming the
+        formats otherwise."""
+        if isinstance(value, cls):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            forms = ", ".join(repr(f.value) for f in cls)
+            raise ValueError(f"unknown low-bit format {value!r}; use one of {forms}") from None
+
+
+LOWBIT_FORMATS = tuple(LowbitFormat)
+
+
 class Status(str, enum.Enum):
-    """How a plan was found. A `str`, so that it prints, compares and serialises as its name."""
+    """How a plan was found. A `str`, so that it prints, compares and serialises as its name
+    (NOTE [String enums])."""
 
     KEEP_ALL = "KEEP_ALL"  # the budget allows keeping everything
     OPTIMAL = "OPTIMAL"  # proven cheapest over the model's choices
@@ -35,11 +68,16 @@ class Status(str, enum.Enum):
 
 
 class Kind(str, enum.Enum):
+    """What a decision does with a saved tensor (NOTE [String enums])."""
+
     KEEP = "keep"
     RECOMPUTE = "recompute"
     OFFLOAD = "offload"
     LOWBIT = "lowbit"
     LOWBIT_OFFLOAD = "lowbit_offload"
+
+    def __str__(self) -> str:
+        return self.value
 
     @property
     def offloaded(self) -> bool:
@@ -57,17 +95,20 @@ class Decision:
     restore_step: for RECOMPUTE the step before which it is recomputed, for LOWBIT the step
         before which it is dequantised, for OFFLOAD / LOWBIT_OFFLOAD the step at which its
         prefetch is issued (and its device buffer allocated); None for KEEP.
-    fmt: "fp8" or "int8" for the low-bit kinds, else None.
+    fmt: the storage format for the low-bit kinds (given as a member or "fp8" / "int8"),
+        else None.
     """
 
     name: str
     kind: Kind
     restore_step: int | None = None
-    fmt: str | None = None
+    fmt: LowbitFormat | None = None
 
     def __post_init__(self) -> None:
         if type(self.kind) is not Kind:
             object.__setattr__(self, "kind", Kind(self.kind))
+        if self.fmt is not None and type(self.fmt) is not LowbitFormat:  # "fp8", or from JSON
+            object.__setattr__(self, "fmt", LowbitFormat.parse(self.fmt))
         if (self.kind is Kind.KEEP) != (self.restore_step is None):
             raise ValueError(f"{self.name}: restore_step must be given exactly for non-keep kinds")
         if self.kind.lowbit != (self.fmt is not None):

@@ -11,12 +11,15 @@ import torch.fx as fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from fxopt.config import Options, parse_budget
+from fxopt.pipeline import Planned
 from fxopt.plan import Decision, Kind, Plan, tag
+from fxopt.problem_builder import BuiltProblem
 from fxopt.report.graph_code import describe_value, graph_code, graph_lines
 from fxopt.report.html import render_html, timeline_svg
 from fxopt.report.model import Report, SavedTensor, Stage, TensorRow, Timeline
 from fxopt.report.text import ascii_timeline, bucket_max, render_text
 from fxopt.solver.problem import Candidate, Problem
+from fxopt.step import Coupling, GraphUse, Share
 
 
 def _forward(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -78,10 +81,10 @@ def sample_report(*, planned: bool = True, index: int = 3) -> Report:
                                                                      "float32", 128))
     if not planned:
         return Report(options=Options(), strategy="min-cut", fallback_reason=None, plan=None,
-                      peak_bytes=None, baseline_peak_bytes=None, budget_bytes=None,
-                      solve_seconds=0.0, joint_ops=20, forward_ops=4, backward_ops=9,
-                      saved=saved, seconds=0.25, stages=(Stage("partition", 0.2),),
-                      forward_graph=fwd, backward_graph=bwd, index=index, joint_graph=joint)
+                      peak_bytes=None, solve_seconds=0.0, joint_ops=20, forward_ops=4,
+                      backward_ops=9, saved=saved, seconds=0.25,
+                      stages=(Stage("partition", 0.2),), forward_graph=fwd, backward_graph=bwd,
+                      index=index, joint_graph=joint)
     tensors = (
         TensorRow("mm", ("8", "4"), "float32", 128, "keep", 0, "needed early in backward"),
         TensorRow("relu", ("8", "4"), "float32", 128, "recompute", 3, "cheap to recompute"),
@@ -92,14 +95,20 @@ def sample_report(*, planned: bool = True, index: int = 3) -> Report:
     timelines = (Timeline("keep everything", keep, 4),
                  Timeline("PyTorch default", (128, 256, 384, 640, 640, 640, 384, 256, 128), 4),
                  Timeline("fxopt plan", (128, 256, 384, 512, 384, 512, 384, 256, 128, 64), 4))
+    stages = (Stage("plan", 0.05), Stage("apply", 0.01))
+    use = GraphUse(256, 512, 512, 512)
+    planned = Planned(fwd, bwd, sample_plan(), BuiltProblem(sample_problem(), (), (), ()),
+                      baseline_peak_bytes=896, budget_bytes=600,
+                      share=Share(600, True, Coupling(), 600), use=use,
+                      keep_use=GraphUse(512, 896, 768, 896), tensors=tensors,
+                      timelines=(timelines[0], timelines[2]), stages=stages)
     return Report(options=Options(budget=parse_budget(600)), strategy="fxopt",
                   fallback_reason=None, plan=sample_plan(), peak_bytes=512,
-                  baseline_peak_bytes=896, budget_bytes=600, solve_seconds=0.042, joint_ops=20,
-                  forward_ops=4, backward_ops=9, saved=saved, seconds=0.25,
-                  stages=(Stage("plan", 0.05), Stage("apply", 0.01)), forward_graph=fwd,
-                  backward_graph=bwd, index=index, status="OPTIMAL", extra_time_us=1375,
-                  default_peak_bytes=640, tensors=tensors, timelines=timelines,
-                  joint_graph=joint, problem=sample_problem())
+                  solve_seconds=0.042, joint_ops=20, forward_ops=4, backward_ops=9, saved=saved,
+                  seconds=0.25, stages=stages, forward_graph=fwd, backward_graph=bwd,
+                  index=index, status="OPTIMAL", extra_time_us=1375, default_peak_bytes=640,
+                  tensors=tensors, timelines=timelines, joint_graph=joint, plan_use=use,
+                  planned=planned)
 
 
 class _Collector(HTMLParser):

@@ -64,10 +64,9 @@ def test_node_source_joins_module_and_line() -> None:
 
 def _report(tensors: tuple[TensorRow, ...]) -> Report:
     return Report(options=Options(), strategy="fxopt", fallback_reason=None, plan=None,
-                  peak_bytes=None, baseline_peak_bytes=None, budget_bytes=None,
-                  solve_seconds=0.0, joint_ops=1, forward_ops=1, backward_ops=1, saved=(),
-                  seconds=0.0, stages=(), forward_graph=None, backward_graph=None,
-                  tensors=tensors)
+                  peak_bytes=None, solve_seconds=0.0, joint_ops=1, forward_ops=1,
+                  backward_ops=1, saved=(), seconds=0.0, stages=(), forward_graph=None,
+                  backward_graph=None, tensors=tensors)
 
 
 def test_text_cuts_the_source_and_html_shows_it_whole_and_escaped() -> None:

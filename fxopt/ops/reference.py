@@ -44,32 +44,30 @@ from __future__ import annotations
 
 import torch
 
-from fxopt.plan import LOWBIT_BLOCK, LOWBIT_FORMATS
+from fxopt.plan import LOWBIT_BLOCK, LOWBIT_FORMATS, LowbitFormat
 
 BLOCK_SIZE = LOWBIT_BLOCK
 FORMATS = LOWBIT_FORMATS
 GRANULARITIES = ("row", "block")
 FLT_MIN = 2.0**-126  # smallest normal fp32
 AMAX_CAP = 15.0 * 2.0**124  # QMAX * RN(AMAX_CAP / QMAX) < FLT_MAX for both formats
-_QMAX = {"fp8": 448.0, "int8": 127.0}
-_PAYLOAD_DTYPE = {"fp8": torch.float8_e4m3fn, "int8": torch.int8}
+_QMAX = {LowbitFormat.FP8: 448.0, LowbitFormat.INT8: 127.0}
+_PAYLOAD_DTYPE = {LowbitFormat.FP8: torch.float8_e4m3fn, LowbitFormat.INT8: torch.int8}
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-def qmax(fmt: str) -> float:
+def qmax(fmt: LowbitFormat | str) -> float:
     """Largest magnitude the payload format stores (448 for fp8 e4m3, 127 for int8)."""
-    check_format(fmt)
-    return _QMAX[fmt]
+    return _QMAX[check_format(fmt)]
 
 
-def payload_dtype(fmt: str) -> torch.dtype:
-    check_format(fmt)
-    return _PAYLOAD_DTYPE[fmt]
+def payload_dtype(fmt: LowbitFormat | str) -> torch.dtype:
+    return _PAYLOAD_DTYPE[check_format(fmt)]
 
 
-def check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown low-bit format {fmt!r}; use one of {FORMATS}")
+def check_format(fmt: LowbitFormat | str) -> LowbitFormat:
+    """The format `fmt` names (the ops take it as a string); a ValueError for any other."""
+    return LowbitFormat.parse(fmt)
 
 
 def check_granularity(granularity: str) -> None:
@@ -77,14 +75,16 @@ def check_granularity(granularity: str) -> None:
         raise ValueError(f"unknown scale granularity {granularity!r}; use one of {GRANULARITIES}")
 
 
-def check_input(x: torch.Tensor, fmt: str, granularity: str) -> None:
-    check_format(fmt)
+def check_input(x: torch.Tensor, fmt: LowbitFormat | str, granularity: str) -> LowbitFormat:
+    """Checks the arguments of a quantisation; returns the format."""
+    found = check_format(fmt)
     check_granularity(granularity)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(
             f"low-bit quantisation needs a floating tensor ({', '.join(map(str, FLOAT_DTYPES))}), "
             f"got {x.dtype}; integer and complex tensors must be stored as they are"
         )
+    return found
 
 
 def group_shape(shape: torch.Size | tuple[int, ...], granularity: str) -> tuple[int, int]:
@@ -111,9 +111,10 @@ def _grouped(flat: torch.Tensor, groups: int, length: int) -> torch.Tensor:
     return flat.view(groups, length)
 
 
-def quantize(x: torch.Tensor, fmt: str, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize(x: torch.Tensor, fmt: LowbitFormat | str, granularity: str
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantise ``x``; returns ``(payload, scales)``. See NOTE [Low-bit quantisation semantics]."""
-    check_input(x, fmt, granularity)
+    fmt = check_input(x, fmt, granularity)
     groups, length = group_shape(x.shape, granularity)
     q = _QMAX[fmt]
     if x.numel() == 0:
@@ -127,7 +128,7 @@ def quantize(x: torch.Tensor, fmt: str, granularity: str) -> tuple[torch.Tensor,
     y = xf * inv[:, None]
     y = torch.where(y > q, q, torch.where(y < -q, -q, y))
     isnan = torch.isnan(xf)
-    if fmt == "fp8":
+    if fmt is LowbitFormat.FP8:
         y = torch.where(isnan, float("nan"), y)  # a positive NaN casts to the canonical 0x7F
         payload = y.to(torch.float8_e4m3fn)
     else:
@@ -169,6 +170,3 @@ def check_payload(
             "Pass the scales returned by quantize with the same granularity."
         )
 
-
-def fmt_of(payload: torch.Tensor) -> str:
-    return "fp8" if payload.dtype == torch.float8_e4m3fn else "int8"

@@ -29,6 +29,8 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from fxopt.plan import LowbitFormat
+
 from . import reference as ref
 
 _MAX_SINGLE_PASS = 8192  # longest group held in registers
@@ -218,9 +220,10 @@ def _input_view(x: torch.Tensor, granularity: str) -> tuple[torch.Tensor, int, i
     return x2, x2.shape[1], x2.stride(0), x2.stride(1), mode
 
 
-def quantize(x: torch.Tensor, fmt: str, granularity: str) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize(x: torch.Tensor, fmt: LowbitFormat | str, granularity: str
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """Triton implementation of ``reference.quantize`` (same contract, same bits)."""
-    ref.check_input(x, fmt, granularity)
+    fmt = ref.check_input(x, fmt, granularity)
     groups, length = ref.group_shape(x.shape, granularity)
     payload = torch.empty(x.shape, dtype=ref.payload_dtype(fmt), device=x.device)
     scales = torch.empty(groups, dtype=torch.float32, device=x.device)
@@ -231,13 +234,13 @@ def quantize(x: torch.Tensor, fmt: str, granularity: str) -> tuple[torch.Tensor,
     x2, cols, sr, sc, mode = _input_view(x, granularity)
     if x2.dtype == torch.bfloat16:
         x2 = x2.view(torch.int16)
-    q = payload.view(torch.uint8) if fmt == "fp8" else payload
+    q = payload.view(torch.uint8) if fmt is LowbitFormat.FP8 else payload
     block_g, block_l, single = _tile(groups, length)
     grid = (triton.cdiv(groups, block_g),)
     wrap_triton(_quantize_kernel)[grid](
         x2, q, scales, x.numel(), groups, length, cols, sr, sc,
         QMAX=ref.qmax(fmt), AMAX_CAP=ref.AMAX_CAP, FLT_MIN=ref.FLT_MIN,
-        FMT=0 if fmt == "fp8" else 1, IN_KIND=_IN_KIND[x.dtype],
+        FMT=0 if fmt is LowbitFormat.FP8 else 1, IN_KIND=_IN_KIND[x.dtype],
         ADDR=mode, SINGLE=single, BLOCK_G=block_g, BLOCK_L=block_l,
         num_warps=_num_warps(block_g, block_l),
     )

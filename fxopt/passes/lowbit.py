@@ -8,13 +8,16 @@ import torch.fx as fx
 import fxopt.ops  # noqa: F401 - registers torch.ops.fxopt.quantize / dequantize
 from fxopt.ops import reference as ref
 from fxopt.passes.boundary import call, getitem, inline, replace_saved
+from fxopt.plan import LowbitFormat
 
 GRANULARITY = "block"  # one scale per 128 consecutive elements: any shape, robust to outliers
 
 
-def apply_lowbit(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, fmt: str,
+def apply_lowbit(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, fmt: LowbitFormat,
                  num_fwd_outputs: int) -> str:
-    """Stores saved tensor `name` in `fmt`; returns the name of the payload's forward node."""
+    """Stores saved tensor `name` in `fmt`; returns the name of the payload's forward node.
+    The graphs hold the format as its plain string (the ops' schema takes a `str`)."""
+    fmt_name = fmt.value
     dtype: torch.dtype | None = None
     order: list[int] = []  # x as a permutation of a contiguous tensor (NOTE [Low-bit layout])
 
@@ -25,8 +28,10 @@ def apply_lowbit(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, fmt: str,
         if order != sorted(order):
             x = call(graph, torch.ops.aten.permute.default, (x, order), f"{name}_in_memory_order")
         if x.meta["val"].device.type != "cuda":
-            return inline(graph, ref.quantize, (x, fmt, GRANULARITY), ("lowbit", name, "lowbit"))
-        q = call(graph, torch.ops.fxopt.quantize.default, (x, fmt, GRANULARITY), f"{name}_{fmt}")
+            return inline(graph, ref.quantize, (x, fmt_name, GRANULARITY),
+                          ("lowbit", name, "lowbit"))
+        q = call(graph, torch.ops.fxopt.quantize.default, (x, fmt_name, GRANULARITY),
+                 f"{name}_{fmt_name}")
         return [getitem(graph, q, 0, f"{name}_payload"), getitem(graph, q, 1, f"{name}_scales")]
 
     def dequantise(graph: fx.Graph, inputs: list[fx.Node]) -> fx.Node:
@@ -43,7 +48,7 @@ def apply_lowbit(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, fmt: str,
         return out
 
     stand_ins = replace_saved(fwd, bwd, name, num_fwd_outputs, quantise, dequantise, "lowbit",
-                              f"lowbit-{fmt}")
+                              f"lowbit-{fmt_name}")
     return stand_ins[0].name
 
 

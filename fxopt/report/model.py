@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fxopt.config import Options, format_bytes
-from fxopt.plan import Status
+from fxopt.plan import Kind, LowbitFormat, Plan, Status
 from fxopt.step import Coupling, GraphUse, step_peak
+
+if TYPE_CHECKING:  # the planning's record; the pipeline imports this module, not the reverse
+    from fxopt.pipeline import Planned
+    from fxopt.solver.problem import Problem
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,17 @@ class TensorRow:
     shape: tuple[str, ...]
     dtype: str
     nbytes: int
-    choice: str  # "keep", "recompute", "offload", "lowbit", "lowbit_offload"
+    choice: Kind  # the plan's decision kind (a str: "keep", "recompute", "lowbit", ...)
     cost_us: int  # estimated time the choice adds to the step
     reason: str  # why (e.g. "cheap to recompute", "random: never recomputed")
     source: str = ""  # where in the user's code: "block.fc1: h = self.fc1(x)"; "" if unknown
+    fmt: LowbitFormat | None = None  # the storage format of a low-bit choice
+
+    def __post_init__(self) -> None:
+        if type(self.choice) is not Kind:
+            object.__setattr__(self, "choice", Kind(self.choice))
+        if self.fmt is not None and type(self.fmt) is not LowbitFormat:
+            object.__setattr__(self, "fmt", LowbitFormat.parse(self.fmt))
 
 
 @dataclass(frozen=True)
@@ -64,18 +75,18 @@ class Timeline:
 class Report:
     """The outcome of planning and partitioning one joint graph.
 
-    peak_bytes: predicted peak of the step with the chosen partition; baseline_peak_bytes:
-    predicted peak when every tensor the backward needs is kept; budget_bytes: the budget the
-    plan was held to (None when no budget was given). Peaks are above parameters and inputs.
+    The fields describe the partition that was used (fxopt's plan, or PyTorch's partition
+    where it peaks lower or planning failed); `planned` is what the planning found, whichever
+    partition was then used, and owns the facts of the planning (the properties below read
+    them). peak_bytes: predicted peak of the step with the chosen partition. Peaks are above
+    parameters and inputs.
     """
 
     options: Options
     strategy: str
     fallback_reason: str | None
-    plan: Any  # fxopt.solver.Plan, or None when the graph was not planned
+    plan: Plan | None  # fxopt's plan when it was used
     peak_bytes: int | None
-    baseline_peak_bytes: int | None
-    budget_bytes: int | None
     solve_seconds: float
     joint_ops: int
     forward_ops: int
@@ -93,19 +104,45 @@ class Report:
     tensors: tuple[TensorRow, ...] = ()  # every planned tensor
     timelines: tuple[Timeline, ...] = ()  # keep everything / PyTorch default / fxopt plan
     joint_graph: Any = field(default=None, repr=False, compare=False)  # before partitioning
-    problem: Any = field(default=None, repr=False, compare=False)  # fxopt.solver.Problem
     error: str | None = None  # the error that stopped the compile (the report is kept anyway)
-    # The step this graph belongs to (NOTE [Step budgets] in fxopt/step.py): its name there,
-    # what the other graphs hold around it, the budget of the whole step, and what the graph
-    # holds as the step sees it with fxopt's plan, PyTorch's default partition and everything
-    # kept.
+    # The step this graph belongs to (NOTE [Step budgets] in fxopt/step.py): its name there
+    # and what the graph holds as the step sees it with the partition used and with PyTorch's.
     step_key: str = ""
-    coupling: Coupling | None = None
-    step_budget_bytes: int | None = None
     plan_use: GraphUse | None = None
     default_use: GraphUse | None = None
-    keep_use: GraphUse | None = None
     largest_output: SavedTensor | None = None  # the largest tensor the forward returns
+    # What the planning found (fxopt.pipeline.Planned); None when it did not get that far.
+    planned: Planned | None = field(default=None, repr=False, compare=False)
+
+    # ---- the planning's facts (None when the graph was not planned) ----
+    @property
+    def baseline_peak_bytes(self) -> int | None:
+        """Predicted peak when every tensor the backward needs is kept."""
+        return None if self.planned is None else self.planned.baseline_peak_bytes
+
+    @property
+    def budget_bytes(self) -> int | None:
+        """The budget the plan was held to."""
+        return None if self.planned is None else self.planned.budget_bytes
+
+    @property
+    def problem(self) -> Problem | None:
+        return None if self.planned is None else self.planned.built.problem
+
+    @property
+    def coupling(self) -> Coupling | None:
+        """What the other graphs of the step hold around this one."""
+        return None if self.planned is None else self.planned.share.coupling
+
+    @property
+    def step_budget_bytes(self) -> int | None:
+        """The budget of the whole step."""
+        return None if self.planned is None else self.planned.share.step_budget_bytes
+
+    @property
+    def keep_use(self) -> GraphUse | None:
+        """What the graph holds as the step sees it with everything kept."""
+        return None if self.planned is None else self.planned.keep_use
 
     @property
     def title(self) -> str:

@@ -6,14 +6,14 @@ the graph adapter (`fxopt.problem_builder`) builds the Problem.
     plan = solve(problem, 0.5, SolverOptions(time_limit_s=10), cache_dir=None)
     validate(problem, plan)            # what solve() already checked: the spec
 
-Modules: problem (data, integer scaling), plan (answer), validate (exact simulator = spec),
-greedy, cpsat (model), lazy (lazy rows), planner (solve), cache, errors, synthetic (GPT-like
-Problems for tests and benchmarks).
+Modules: problem (data, integer scaling), options, validate (exact simulator = spec), greedy,
+cpsat (model), lazy (lazy rows), planner (solve), cache, errors. The answer, `Plan`, and its
+vocabulary (`Decision`, `Kind`, `LowbitFormat`, `Status`) are `fxopt.plan`'s.
 """
 
 from __future__ import annotations
 
-from fxopt.plan import LOWBIT_FORMATS, Decision, Kind, Plan
+from fxopt.plan import LOWBIT_FORMATS, Decision, Kind, LowbitFormat, Plan
 from fxopt.solver.cache import PlanCache, cache_key
 from fxopt.solver.errors import InfeasibleBudgetError, InvalidPlanError, NoPlanFoundError
 from fxopt.solver.greedy import greedy
@@ -24,7 +24,7 @@ from fxopt.solver.validate import Simulation, baseline_peak, keep_all, simulate,
 
 __all__ = [
     "LOWBIT_FORMATS", "Candidate", "Decision", "InfeasibleBudgetError",
-    "InvalidPlanError", "Kind", "NoPlanFoundError", "Plan", "PlanCache", "Problem",
+    "InvalidPlanError", "Kind", "LowbitFormat", "NoPlanFoundError", "Plan", "PlanCache", "Problem",
     "ProblemError", "Simulation", "SolverOptions", "baseline_peak", "budget_bytes", "cache_key",
     "greedy", "keep_all", "min_peak", "simulate", "solve", "to_us", "validate",
 ]

@@ -117,7 +117,7 @@ def _ranked_moves(problem: Problem, decisions: Sequence[Decision], kinds: Sequen
                 continue  # only ever move up the ranks, so the greedy ends
             cost = max(cost - now_cost, 0)
             r = q if kind.offloaded and q is not None else r_first
-            dec = Decision(c.name, kind, r, "fp8" if kind.lowbit else None)
+            dec = Decision(c.name, kind, r, opts.allow_lowbit if kind.lowbit else None)
             gain = before - bytes_at(problem, i, dec, dem[i], step)
             move = {i: (kind, q)}
             if kind is Kind.RECOMPUTE:
@@ -176,7 +176,7 @@ def greedy(problem: Problem, budget: int, opts: SolverOptions, best_effort: bool
 def _greedy(problem: Problem, budget: int, opts: SolverOptions, best_effort: bool,
             storage_first: str) -> tuple[tuple[Decision, ...], Simulation] | None:
     n = len(problem.candidates)
-    fmt = opts.allow_lowbit or None
+    fmt = opts.allow_lowbit
     kinds = [Kind.RECOMPUTE if c.must_recompute else Kind.KEEP for c in problem.candidates]
     pref: list[int | None] = [None] * n
     decisions = canonical(problem, kinds, pref, fmt)

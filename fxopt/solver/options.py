@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-from fxopt.plan import LOWBIT_FORMATS
+from fxopt.plan import LowbitFormat
 
 
 @dataclass(frozen=True)
@@ -16,7 +16,8 @@ class SolverOptions:
     workers: CP-SAT search workers. seed: CP-SAT random seed.
     deterministic: make the answer independent of machine speed and load (see NOTE
         [Determinism] in cpsat.py); costs some search speed with workers > 1.
-    allow_offload / allow_lowbit: which choices besides keep and recompute may be used.
+    allow_offload / allow_lowbit: which choices besides keep and recompute may be used;
+        allow_lowbit is the low-bit storage format (a member, or "fp8" / "int8"), None for none.
     offload_available: offload exists where the graph runs (CUDA), so an infeasible budget may
         name it as an option; on the CPU it is never offered.
     lowbit_penalty_us: added to the objective for each low-bit tensor, so compression is chosen
@@ -35,7 +36,7 @@ class SolverOptions:
     seed: int = 0
     deterministic: bool = True
     allow_offload: bool = False
-    allow_lowbit: str | None = None
+    allow_lowbit: LowbitFormat | None = None
     offload_available: bool = True
     lowbit_penalty_us: int = 50
     max_restore_points: int = 6
@@ -49,9 +50,12 @@ class SolverOptions:
             raise ValueError(f"time_limit_s must be > 0, got {self.time_limit_s}")
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.allow_lowbit not in (None, *LOWBIT_FORMATS):
-            raise ValueError(
-                f"allow_lowbit must be None, 'fp8' or 'int8', got {self.allow_lowbit!r}")
+        if self.allow_lowbit is not None and type(self.allow_lowbit) is not LowbitFormat:
+            try:
+                object.__setattr__(self, "allow_lowbit", LowbitFormat.parse(self.allow_lowbit))
+            except ValueError as err:
+                raise ValueError(f"allow_lowbit must be None, 'fp8' or 'int8', got "
+                                 f"{self.allow_lowbit!r}") from err
         if self.lowbit_penalty_us < 0:
             raise ValueError(f"lowbit_penalty_us must be >= 0, got {self.lowbit_penalty_us}")
         if not 0.0 <= self.relative_gap < 1.0:

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from fxopt.plan import Decision, Plan, Status
+from fxopt.plan import Decision, LowbitFormat, Plan, Status
 from fxopt.solver.cache import PlanCache, cache_key
 from fxopt.solver.errors import InfeasibleBudgetError, NoPlanFoundError
 from fxopt.solver.greedy import greedy
@@ -69,12 +69,13 @@ def _infeasible(problem: Problem, opts: SolverOptions, budget: int, baseline: in
                           []))
     alternatives: dict[str, int] = {}
     variants = []
+    fp8 = LowbitFormat.FP8
     if not opts.allow_offload and opts.offload_available:
         variants.append(("offload=True", SolverOptions(**{**vars(opts), "allow_offload": True})))
     if opts.allow_lowbit is None:
-        variants.append(("lowbit='fp8'", SolverOptions(**{**vars(opts), "allow_lowbit": "fp8"})))
+        variants.append(("lowbit='fp8'", SolverOptions(**{**vars(opts), "allow_lowbit": fp8})))
     if len(variants) == 2:
-        both = SolverOptions(**{**vars(opts), "allow_offload": True, "allow_lowbit": "fp8"})
+        both = SolverOptions(**{**vars(opts), "allow_offload": True, "allow_lowbit": fp8})
         variants.append(("offload=True and lowbit='fp8'", both))
     for label, variant in variants:
         share = max(opts.time_limit_s / 2 / len(variants), 0.2)

@@ -9,9 +9,8 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fxopt.plan import Decision, Kind, Plan
+from fxopt.plan import Decision, Kind, LowbitFormat, Plan
 from fxopt.solver.errors import InvalidPlanError
-from fxopt.solver.options import LOWBIT_FORMATS
 from fxopt.solver.problem import Candidate, Problem
 
 # NOTE [Decision semantics]
@@ -162,7 +161,7 @@ def _check(problem: Problem, i: int, dec: Decision, dem: list[int]) -> None:
     if dec.kind.lowbit:
         if c.lowbit_bytes <= 0 or not c.bwd_uses:
             raise InvalidPlanError(f"{where}: not eligible for low-bit storage")
-        if dec.fmt not in LOWBIT_FORMATS:
+        if not isinstance(dec.fmt, LowbitFormat):
             raise InvalidPlanError(f"{where}: unknown low-bit format {dec.fmt!r}")
     if dec.kind.offloaded:
         if c.copy_us <= 0 or not c.bwd_uses:
@@ -255,7 +254,7 @@ def simulate(problem: Problem, decisions: Sequence[Decision]) -> Simulation:
 
 
 def canonical(problem: Problem, kinds: Sequence[Kind], prefetch: Sequence[int | None],
-              fmt: str | None) -> tuple[Decision, ...]:
+              fmt: LowbitFormat | None) -> tuple[Decision, ...]:
     """Decisions from kinds alone: recompute / dequantise at the first demand (the latest valid
     point, best for memory at equal cost), prefetch where `prefetch` says. A non-keep tensor
     that nothing demands becomes KEEP."""
