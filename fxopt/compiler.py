@@ -71,7 +71,7 @@ class StepGraph:
         self.recompiles = 0
         self._calls = 0
         self._runs = step.runs(self.key)  # shared by every compile of this frame
-        self._waves = 0  # waves with a backward since this compile
+        self._waves = 0  # backwards run since this compile (the first wave warms up)
         self._trains = False  # a run has had an autograd node (a training graph)
 
     def __call__(self, *args: Any) -> Any:
