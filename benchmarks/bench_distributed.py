@@ -34,7 +34,8 @@ def run(mode: str, extra: list[str]) -> list[dict]:
            str(ROOT / "examples" / "train_distributed.py"), "--mode", mode, *MODEL, *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    lines = [json.loads(x) for x in proc.stdout.splitlines() if x.startswith("{")]
+    lines = [json.loads(x) for x in proc.stdout.replace("}{", "}\n{").splitlines()
+             if x.startswith("{")]
     if proc.returncode != 0 or len(lines) != 2:
         tail = "\n".join(proc.stderr.splitlines()[-15:])
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{tail}")

@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
         line["measured_step_bytes"] = report.measured_peak_bytes
         line["fallbacks"] = len(report.fallbacks)
         line["in_flight"] = list(report.copies)
-    print(json.dumps(line), flush=True)
+    sys.stdout.write(json.dumps(line) + "\n")  # one write: the ranks' lines never interleave
+    sys.stdout.flush()
     return line
 
 
