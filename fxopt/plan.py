@@ -17,18 +17,35 @@ LOWBIT_BLOCK = 128  # elements per fp32 scale in a low-bit tensor stored by bloc
 
 
 class Status(str, enum.Enum):
-    """How a plan was found. A `str`, so that it prints, compares and serialises as its name."""
+    """How a plan was found. A `str`, so that it prints, compares and serialises as its name.
+    Which choices the search had (`Choices`) and how far the plan may be from the best one
+    (`Plan.gap`) are on the plan beside it."""
 
     KEEP_ALL = "KEEP_ALL"  # the budget allows keeping everything
-    OPTIMAL = "OPTIMAL"  # proven cheapest over the model's choices
-    WITHIN_GAP = "WITHIN_GAP"  # within SolverOptions.relative_gap of CP-SAT's bound
-    FEASIBLE = "FEASIBLE"  # a time or round limit was hit: the best validated plan found
-    GREEDY = "GREEDY"  # CP-SAT did not improve on the greedy start in time
+    OPTIMAL = "OPTIMAL"  # proven cheapest over the choices the search had (Plan.choices)
+    WITHIN_GAP = "WITHIN_GAP"  # proven within SolverOptions.relative_gap of the bound
+    IMPROVED = "IMPROVED"  # better than the greedy plan; the work limit ended the search
+    FEASIBLE = "FEASIBLE"  # found by the search where the greedy plan found none; not proven
+    GREEDY = "GREEDY"  # the search did not improve on the greedy plan within its work limit
     LOWEST_PEAK = "LOWEST_PEAK"  # the plan with the lowest peak found (at the edge of reach)
     DEFAULT_LOWER = "DEFAULT_LOWER"  # PyTorch's partition was chosen: it peaks lower
     GIVEN = "GIVEN"  # written by hand, not searched (a forced plan in a test or a benchmark)
     INFEASIBLE = "INFEASIBLE"  # (search) no choice of the model fits
     UNKNOWN = "UNKNOWN"  # (search) a limit was hit before any plan
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Choices(str, enum.Enum):
+    """Which choices the search had. FULL: every restore step (recompute, dequantise, prefetch)
+    that the exact simulator accepts for every tensor, so OPTIMAL means optimal. RESTRICTED: a
+    few restore and prefetch points per tensor (SolverOptions.max_restore_points,
+    restore_window, prefetch_points), so OPTIMAL means optimal over those and the bound holds
+    for those only."""
+
+    FULL = "full"
+    RESTRICTED = "restricted"
 
     def __str__(self) -> str:
         return self.value
@@ -83,6 +100,10 @@ class Plan:
     problem_hash / options_hash: provenance; warnings: anything the caller should surface.
     objective_bound_us: CP-SAT's proven lower bound on the objective (extra_time_us plus the
         low-bit penalties) over the choices it modelled; None when CP-SAT did not finish a run.
+    objective_us: the plan's own objective (what the bound bounds); None for a plan not searched.
+    choices: which choices the search had (`Choices`); None for a plan not searched.
+    work: deterministic work the search spent (CP-SAT's deterministic seconds), the measure its
+        work limit is given in; None for a plan not searched.
     """
 
     decisions: tuple[Decision, ...]
@@ -96,10 +117,43 @@ class Plan:
     options_hash: str
     warnings: tuple[str, ...] = field(default=())
     objective_bound_us: int | None = None
+    objective_us: int | None = None
+    choices: Choices | None = None
+    work: float | None = None
 
     def __post_init__(self) -> None:
         if type(self.status) is not Status:  # read back from JSON
             object.__setattr__(self, "status", Status(self.status))
+        if self.choices is not None and type(self.choices) is not Choices:
+            object.__setattr__(self, "choices", Choices(self.choices))
+
+    @property
+    def gap(self) -> float | None:
+        """(objective - bound) / objective: how much cheaper a plan over the same choices could
+        at most be (0.0: proven optimal over them); None without a bound."""
+        if self.objective_bound_us is None or self.objective_us is None:
+            return None
+        if self.objective_us <= 0:
+            return 0.0
+        return max(self.objective_us - self.objective_bound_us, 0) / self.objective_us
+
+    def quality(self) -> str:
+        """The status in words, with the choice set and the proven gap where there are some:
+        'OPTIMAL over a restricted choice set', 'IMPROVED on the greedy plan, 0.41% from the
+        bound over a restricted choice set'."""
+        what = {Status.IMPROVED: "IMPROVED on the greedy plan",
+                Status.GREEDY: "GREEDY (the search did not improve on it)"}.get(
+            self.status, str(self.status))
+        if self.choices is None:
+            return what
+        over = "the full choice set" if self.choices is Choices.FULL else \
+            "a restricted choice set"
+        if self.status is Status.OPTIMAL:
+            return f"{what} over {over}"
+        gap = self.gap
+        if gap is None:
+            return f"{what}; no bound proven over {over}"
+        return f"{what}, {100 * gap:.2f}% from the bound over {over}"
 
     def decision(self, name: str) -> Decision:
         for d in self.decisions:
@@ -117,6 +171,8 @@ class Plan:
         data = asdict(self)
         for d in data["decisions"]:
             d["kind"] = Kind(d["kind"]).value
+        if data["choices"] is not None:
+            data["choices"] = Choices(data["choices"]).value
         return json.dumps(data, sort_keys=True, indent=1)
 
     @classmethod

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
-from fxopt.plan import Decision, Kind
+from fxopt.plan import Choices, Decision, Kind
 from fxopt.solver.options import SolverOptions
 from fxopt.solver.problem import Problem, byte_unit
 from fxopt.solver.validate import d2h_window, h2d_exposed, prefetch_points
@@ -33,12 +33,6 @@ from fxopt.solver.validate import d2h_window, h2d_exposed, prefetch_points
 # a point <= k, or offloaded with k >= its first own use (availability); z >= the consumer
 # choices that demand it; a support tensor's own restore point lies inside its demanded range.
 # Memory rows sum these expressions at a step; they are added lazily (solve_lazy).
-
-# With opts.deterministic the search stops on deterministic time, this share of time_limit_s:
-# deterministic time runs at or below wall time on a loaded machine, so the wall-clock limit
-# (the safety net) is rarely what stops it. See NOTE [Determinism].
-DETERMINISTIC_SHARE = 0.5
-
 
 @dataclass
 class Model:
@@ -77,6 +71,25 @@ def restore_points(problem: Problem, opts: SolverOptions) -> list[tuple[int, ...
             if got else set()
         pts[i] = tuple(sorted(set(sorted(got)[-opts.max_restore_points:]) | window))
     return pts
+
+
+def choice_set(problem: Problem, opts: SolverOptions) -> Choices:
+    """FULL when the model offers every restore and prefetch step validate.py accepts, else
+    RESTRICTED (see fxopt.plan.Choices)."""
+    everything = SolverOptions(max_restore_points=problem.num_steps,
+                               restore_window=problem.num_steps)
+    if restore_points(problem, opts) != restore_points(problem, everything):
+        return Choices.RESTRICTED
+    if opts.allow_offload:
+        F = problem.num_fwd_steps
+        for c in problem.candidates:
+            if c.bwd_uses and c.copy_us > 0:
+                steps = {problem.anchor(s) for s in range(F, c.bwd_uses[0] + 1)}
+                kinds = [False] + ([True] if opts.allow_lowbit and c.lowbit_bytes else [])
+                if any(set(prefetch_points(problem, c, lb, opts.prefetch_points)) != steps
+                       for lb in kinds):
+                    return Choices.RESTRICTED
+    return Choices.FULL
 
 
 def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> Model:
@@ -273,13 +286,15 @@ def hint(mdl: Model, decisions: Sequence[Decision]) -> None:
             mdl.model.add_hint(v, kind is d.kind and k == d.restore_step)
 
 
-def parameters(opts: SolverOptions, wall_s: float, det_s: float | None) -> cp_model.CpSolver:
+def parameters(opts: SolverOptions, wall_s: float, work: float | None) -> cp_model.CpSolver:
+    """A solver that stops after `work` deterministic seconds (None: on the wall clock only),
+    with the wall clock at `wall_s` as the safety net."""
     # NOTE [Determinism]
     # CP-SAT's answer depends only on the model and parameters when (a) the search is one
     # worker, or several with interleave_search (subsolver tasks run in fixed batches) and
     # (b) it stops on a deterministic-time limit, the gap limit or optimality, never on the
     # wall clock. opts.deterministic sets both and keeps the wall limit only as a safety net; a
-    # run that hits it gets a warning that ranks may disagree. The rest of the pipeline (greedy,
+    # run that hits it raises SearchTimeoutError (lazy.py). The rest of the pipeline (greedy,
     # lazy rounds that stop at the first solution breaking a missing row, the best-plan
     # callback) is deterministic given the solver's answers. Measured on 2 shared cores,
     # interleaved search with 2 workers was 5-10x slower than one worker on the synthetic GPT,
@@ -294,6 +309,6 @@ def parameters(opts: SolverOptions, wall_s: float, det_s: float | None) -> cp_mo
     prm.relative_gap_limit = opts.relative_gap
     if opts.deterministic:
         prm.interleave_search = opts.workers > 1
-        if det_s is not None:
-            prm.max_deterministic_time = max(det_s, 0.01)
+        if work is not None:
+            prm.max_deterministic_time = max(work, 0.001)
     return solver

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from fxopt.plan import Decision, Status
-from fxopt.solver.cpsat import DETERMINISTIC_SHARE, Model, add_rows, build, decode, hint, parameters
+from fxopt.solver.cpsat import Model, add_rows, build, decode, hint, parameters
+from fxopt.solver.errors import SearchTimeoutError
 from fxopt.solver.options import SolverOptions
 from fxopt.solver.problem import Problem
 from fxopt.solver.validate import Simulation, simulate
@@ -40,7 +41,8 @@ class LazyResult:
     status: OPTIMAL (proven over the model's choices), WITHIN_GAP (within opts.relative_gap
     of the bound), FEASIBLE (a time or round limit was hit), INFEASIBLE (no choice of the model
     fits), UNKNOWN (a limit was hit before any plan): see `fxopt.plan.Status`.
-    bound: the solver's last proven bound on the objective (µs, or bytes in min-peak mode)."""
+    bound: the solver's last proven bound on the objective (µs, or bytes in min-peak mode).
+    work: deterministic work spent (CP-SAT's deterministic seconds, every round)."""
 
     best: tuple[tuple[Decision, ...], Simulation] | None
     status: Status
@@ -48,6 +50,7 @@ class LazyResult:
     rounds: int
     rows: int
     warnings: list[str]
+    work: float = 0.0
 
 
 class _LazyRun:
@@ -92,11 +95,14 @@ def initial_rows(problem: Problem, starts: Sequence[Simulation]) -> set[int]:
 
 
 def solve_lazy(problem: Problem, opts: SolverOptions, budget: int | None,
-               starts: Sequence[tuple[Decision, ...]], deadline: float,
+               starts: Sequence[tuple[Decision, ...]], work: float, deadline: float,
                fallback: tuple[Decision, ...] | None = None) -> LazyResult:
-    """Solve -> simulate -> add violated steps -> re-solve, within `deadline` (monotonic s).
-    budget None minimises the peak instead of the time (for InfeasibleBudgetError). starts are
-    hinted; fallback is only a candidate answer."""
+    """Solve -> simulate -> add violated steps -> re-solve, within `work` deterministic seconds
+    in all (NOTE [Work limit and safety net] in options.py); `deadline` (monotonic s) is the
+    wall-clock safety net, and a search it stops raises SearchTimeoutError (with
+    deterministic=False it is the limit instead). budget None minimises the peak instead of
+    the time (for InfeasibleBudgetError). starts are hinted; fallback is only a candidate
+    answer."""
     run = _LazyRun(problem, opts, budget)
     sims = [run.consider(d) for d in starts]
     if fallback is not None:  # a valid but poor plan: kept as the answer, never as the hint,
@@ -110,19 +116,20 @@ def solve_lazy(problem: Problem, opts: SolverOptions, budget: int | None,
     else:
         cap = budget
     add_rows(mdl, cap, initial_rows(problem, sims))
-    det_left = opts.time_limit_s * DETERMINISTIC_SHARE
-    status, bound, warnings, rounds = Status.UNKNOWN, None, [], 0
+    status, bound, warnings, rounds, spent = Status.UNKNOWN, None, [], 0, 0.0
     while rounds < opts.lazy_rounds:
         wall_left = deadline - time.monotonic()
-        if wall_left <= 0 or det_left <= 0:
+        if opts.deterministic and wall_left <= 0:
+            raise _timeout(opts, work, spent, run)
+        if wall_left <= 0 or spent >= work:
             status = Status.FEASIBLE if run.best else Status.UNKNOWN
             break
         rounds += 1
         hint(mdl, run.hint[0] if run.hint else starts[0])
-        solver = parameters(opts, wall_left, det_left)
+        solver = parameters(opts, wall_left, work - spent if opts.deterministic else None)
         cb = _Callback(mdl, run)
         code = solver.solve(mdl.model, cb)
-        det_left -= solver.deterministic_time
+        spent += solver.deterministic_time
         if code == cp_model.MODEL_INVALID:
             raise RuntimeError(f"internal error: invalid CP-SAT model: {mdl.model.validate()}")
         if code == cp_model.INFEASIBLE:
@@ -131,19 +138,30 @@ def solve_lazy(problem: Problem, opts: SolverOptions, budget: int | None,
         if cb.violated:  # stopped early: model the broken steps and go again
             add_rows(mdl, cap, cb.violated)
             continue
+        if code != cp_model.OPTIMAL and opts.deterministic and spent < work * (1 - 1e-6) \
+                and solver.wall_time >= 0.98 * wall_left:
+            raise _timeout(opts, work, spent, run)  # the clock, not the work, stopped it
         if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             bound = math.ceil(solver.best_objective_bound - 1e-6)
             status = Status.FEASIBLE
             if code == cp_model.OPTIMAL and run.best is not None:  # proven, or within the gap
                 status = Status.OPTIMAL if bound >= run.key(run.best[1])[0] else Status.WITHIN_GAP
-            if code == cp_model.FEASIBLE and wall_left - solver.wall_time <= 0.05 \
-                    and opts.deterministic:
-                warnings.append("the wall-clock limit stopped CP-SAT before its deterministic "
-                                "limit: plans may differ between ranks; raise time_limit_s")
             break
-        status = Status.FEASIBLE if run.best else Status.UNKNOWN  # cp_model.UNKNOWN: out of time
+        status = Status.FEASIBLE if run.best else Status.UNKNOWN  # out of work, nothing new
         break
     else:
         status = Status.FEASIBLE if run.best else Status.UNKNOWN
         warnings.append(f"stopped after {rounds} lazy rounds with memory rows still missing")
-    return LazyResult(run.best, status, bound, rounds, len(mdl.rows), warnings)
+    return LazyResult(run.best, status, bound, rounds, len(mdl.rows), warnings, round(spent, 3))
+
+
+def _timeout(opts: SolverOptions, work: float, spent: float, run: _LazyRun
+             ) -> SearchTimeoutError:
+    best = "" if run.best is None else \
+        f"; the best plan so far peaks at {run.best[1].peak_bytes} B"
+    limit = "time_limit_s" if opts.time_limit_s is not None else "the automatic time_limit_s"
+    return SearchTimeoutError(
+        f"the planner's wall-clock safety net ({limit}) stopped the search after "
+        f"{spent:.2f} of its {work:g} deterministic seconds of work (work_limit){best}. A plan "
+        "cut short by the clock depends on this machine's speed and load, so none is returned: "
+        "raise time_limit_s (FXOPT_TIME_LIMIT) or lower work_limit (FXOPT_WORK_LIMIT).")
