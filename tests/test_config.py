@@ -76,7 +76,8 @@ def test_from_env_reads_every_variable():
 
 @pytest.mark.parametrize("var, raw", [
     ("FXOPT_BUDGET", "abc"), ("FXOPT_OFFLOAD", "maybe"), ("FXOPT_LOWBIT", "fp4"),
-    ("FXOPT_TIME_LIMIT", "soon"), ("FXOPT_WORK_LIMIT", "lots"), ("FXOPT_DEVICE", "tpu"), ("FXOPT_DEBUG", "2"),
+    ("FXOPT_TIME_LIMIT", "soon"), ("FXOPT_WORK_LIMIT", "lots"), ("FXOPT_DEVICE", "tpu"),
+    ("FXOPT_DEBUG", "2"),
 ])
 def test_bad_environment_names_the_variable(var, raw):
     with pytest.raises(OptionsError) as info:

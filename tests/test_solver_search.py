@@ -94,17 +94,23 @@ def test_status_says_which_plan_and_over_which_choices() -> None:
     # a three-tensor chain, every restore step in the model: optimal over the full choice set
     plan = solve(chain(3), 200, SolverOptions(), cache_dir=None)
     assert plan.status is Status.OPTIMAL and plan.choices is Choices.FULL and plan.gap == 0.0
-    assert plan.quality() == "OPTIMAL over the full choice set"
+    assert plan.quality() == "OPTIMAL: the greedy plan; optimal over the full choice set"
     # a GPT: a few restore points per tensor, so optimal only over those
     p = gpt_problem(SMALL)
     plan = solve(p, 0.45, SolverOptions(), cache_dir=None)
     assert plan.choices is Choices.RESTRICTED and plan.status is Status.OPTIMAL
-    assert plan.quality() == "OPTIMAL over a restricted choice set"
+    assert plan.quality().startswith("OPTIMAL: ")
+    assert plan.quality().endswith("; optimal over a restricted choice set")
     # cut short: the greedy plan, or one better, with its distance to the bound where proven
     cut = solve(gpt_problem(BIG), 0.5, SolverOptions(work_limit=0.2, allow_lowbit="fp8",
                                                       allow_offload=True), cache_dir=None)
     assert cut.status in (Status.GREEDY, Status.IMPROVED)
     assert cut.objective_us is not None and cut.objective_us >= (cut.objective_bound_us or 0)
-    assert cut.status.value in cut.quality() and "restricted choice set" in cut.quality()
+    assert cut.greedy_objective_us is not None
+    if cut.status is Status.GREEDY:
+        assert cut.quality().startswith("GREEDY: the greedy plan; ")
+    else:
+        assert cut.quality().startswith("IMPROVED: improved on the greedy plan (")
+    assert "restricted choice set" in cut.quality()
     again = Plan.from_json(cut.to_json())
     assert again == cut and again.choices is Choices.RESTRICTED and again.gap == cut.gap

@@ -49,13 +49,13 @@ WARN_GAP = 0.01
 def _plan(problem: Problem, decisions: Sequence[Decision], sim: Simulation, budget: int,
           baseline: int, status: Status, t0: float, opts: SolverOptions,
           warnings: Sequence[str], bound: int | None = None, work: float | None = None,
-          choices: Choices | None = None) -> Plan:
+          choices: Choices | None = None, greedy_us: int | None = None) -> Plan:
     return Plan(decisions=tuple(decisions), peak_bytes=sim.peak_bytes, budget_bytes=budget,
                 baseline_peak_bytes=baseline, extra_time_us=sim.extra_time_us, status=status,
                 solve_seconds=round(time.monotonic() - t0, 3), problem_hash=problem.content_hash,
                 options_hash=opts.content_hash, warnings=tuple(warnings),
                 objective_bound_us=bound, objective_us=sim.objective(opts.lowbit_penalty_us),
-                choices=choices, work=work)
+                choices=choices, work=work, greedy_objective_us=greedy_us)
 
 
 @dataclass(frozen=True)
@@ -171,23 +171,27 @@ def _search(problem: Problem, opts: SolverOptions, budget: int, baseline: int, t
                             "(raise work_limit for a faster one)"],
                      work=res.work + low.work, choices=choices)
     decisions, sim = res.best
-    status, warnings = _status(res, decisions, start), list(res.warnings)
+    status, warnings = _status(res, opts, start), list(res.warnings)
     plan = _plan(problem, decisions, sim, budget, baseline, status, t0, opts, warnings,
-                 res.bound, res.work, choices)
+                 res.bound, res.work, choices,
+                 None if start is None else start[1].objective(opts.lowbit_penalty_us))
     gap = plan.gap
     if status is Status.GREEDY or (status not in (Status.OPTIMAL, Status.WITHIN_GAP) and
                                    (gap is None or gap > WARN_GAP)):
-        warnings.append(f"the search used its work limit (work_limit={work:g}) and returns a "
-                        f"plan {plan.quality()} (objective {plan.objective_us} us, bound "
+        warnings.append(f"the search used its work limit (work_limit={work:g}) and returns "
+                        f"{plan.quality()} (objective {plan.objective_us} us, bound "
                         f"{res.bound} us); raise work_limit (FXOPT_WORK_LIMIT) for a better one")
         plan = plan.with_(warnings=tuple(warnings))
     return plan
 
 
-def _status(res: LazyResult, decisions: tuple[Decision, ...],
+def _status(res: LazyResult, opts: SolverOptions,
             start: tuple[tuple[Decision, ...], Simulation] | None) -> Status:
     if res.status in (Status.OPTIMAL, Status.WITHIN_GAP):
         return res.status
-    if start is not None and decisions == start[0]:
-        return Status.GREEDY
-    return Status.FEASIBLE if start is None else Status.IMPROVED
+    if start is None:
+        return Status.FEASIBLE
+    assert res.best is not None
+    pen = opts.lowbit_penalty_us
+    better = res.best[1].objective(pen) < start[1].objective(pen)
+    return Status.IMPROVED if better else Status.GREEDY
