@@ -25,6 +25,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
@@ -149,22 +150,13 @@ def run_fsdp(args: argparse.Namespace, cfg: GPTConfig, rank: int, device: str) -
         if be != "eager":
             block.compile(backend=be)
     gen = torch.Generator().manual_seed(args.seed + 1 + rank)  # each rank its own data
-    peak, losses, measured, times = Peak(model, opt, device), [], 0, []
-    for step in range(args.steps):
-        x, y = synthetic_batch(cfg, args.batch, gen, device)
-        opt.zero_grad(set_to_none=True)
-        last = step == args.steps - 1
-        if last:
-            peak.start()
-        start = time.perf_counter()
+
+    def forward_backward(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = loss_fn(model(x), y)
         loss.backward()
-        if last:
-            measured = peak.stop()
-        opt.step()
-        losses.append(loss.item())
-        times.append(time.perf_counter() - start)
-    return {"losses": losses, "peak_bytes": measured, "step_ms": _step_ms(times),
+        return loss
+
+    return {**train(args, cfg, gen, device, Peak(model, opt, device), opt, forward_backward),
             "backend": be}
 
 
@@ -193,7 +185,30 @@ def run_pipeline(args: argparse.Namespace, cfg: GPTConfig, rank: int, device: st
     stage = PipelineStage(module, rank, world, torch.device(device))
     schedule = schedule_cls(stage, n_microbatches=args.microbatches, loss_fn=loss_fn)
     gen = torch.Generator().manual_seed(args.seed + 1)  # both stages see the same batch
-    peak, losses, measured, times = Peak(module, opt, device), [], 0, []
+
+    def forward_backward(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if rank == 0:
+            schedule.step(x)
+            return torch.zeros(())
+        mb_losses: list[torch.Tensor] = []
+        schedule.step(target=y, losses=mb_losses)
+        return torch.stack(mb_losses).mean().detach()
+
+    def shared(loss: torch.Tensor) -> float:
+        dist.broadcast(loss, src=world - 1)  # the last stage computes the loss
+        return loss.item()
+
+    return {**train(args, cfg, gen, device, Peak(module, opt, device), opt, forward_backward,
+                    shared), "backend": be}
+
+
+def train(args: argparse.Namespace, cfg: GPTConfig, gen: torch.Generator, device: str,
+          peak: Peak, opt: torch.optim.Optimizer,
+          forward_backward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+          report: Callable[[torch.Tensor], float] = lambda loss: loss.item()) -> dict:
+    """`args.steps` steps; the last one's peak (forward and backward) is measured; each
+    step's time runs to the end of the optimizer step (`report` makes the loss a number)."""
+    losses, measured, times = [], 0, []
     for step in range(args.steps):
         x, y = synthetic_batch(cfg, args.batch, gen, device)
         opt.zero_grad(set_to_none=True)
@@ -201,21 +216,13 @@ def run_pipeline(args: argparse.Namespace, cfg: GPTConfig, rank: int, device: st
         if last:
             peak.start()
         start = time.perf_counter()
-        if rank == 0:
-            schedule.step(x)
-            loss = torch.zeros(())
-        else:
-            mb_losses: list[torch.Tensor] = []
-            schedule.step(target=y, losses=mb_losses)
-            loss = torch.stack(mb_losses).mean().detach()
+        loss = forward_backward(x, y)
         if last:
             measured = peak.stop()
         opt.step()
         times.append(time.perf_counter() - start)
-        dist.broadcast(loss, src=world - 1)  # the last stage computes the loss
-        losses.append(loss.item())
-    return {"losses": losses, "peak_bytes": measured, "step_ms": _step_ms(times),
-            "backend": be}
+        losses.append(report(loss))
+    return {"losses": losses, "peak_bytes": measured, "step_ms": _step_ms(times)}
 
 
 def _step_ms(times: list[float]) -> float:

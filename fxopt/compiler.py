@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from fxopt.compat import autograd_cache_off, compile_fx
+from fxopt.compat import autograd_cache_off, compile_fx, tree_leaves
 from fxopt.config import Options
 from fxopt.step import Step
 
@@ -105,7 +105,7 @@ class StepGraph:
     # the plan assumed (`Step.saw_copies`).
     def _count_run(self, out: Any) -> bool:
         """Counts a run in flight until its backward (False: it has none)."""
-        node = next((t.grad_fn for t in _leaves(out)
+        node = next((t.grad_fn for t in tree_leaves(out)
                      if isinstance(t, torch.Tensor) and t.grad_fn is not None), None)
         if node is None:
             return False
@@ -198,12 +198,6 @@ class StepGraph:
                                   self.key, **self._kwargs)
         self.recompiles += 1
         self._waves = 0
-
-
-def _leaves(out: Any) -> list[Any]:
-    from fxopt.compat import tree_leaves
-
-    return tree_leaves(out)
 
 
 def unplanned_hint(reports: Sequence[Any]) -> str:

@@ -191,6 +191,12 @@ def random_problem(draw: st.DrawFn) -> tuple[Problem, float, SolverOptions]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(random_problem())
 def test_random_dags_match_brute_force(case: tuple[Problem, float, SolverOptions]) -> None:
+    check_at_fraction(case)
+
+
+def check_at_fraction(case: tuple[Problem, float, SolverOptions]) -> None:
+    """Brute force at a budget `fraction` of the way from the least reachable peak to
+    keeping everything (below the least when negative)."""
     problem, fraction, opts = case
     plans = all_plans(problem, opts)
     least = min(peak for peak, _ in plans)
@@ -212,13 +218,7 @@ def problem_in_flight(draw: st.DrawFn) -> tuple[Problem, float, SolverOptions]:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(problem_in_flight())
 def test_copies_in_flight_match_brute_force(case: tuple[Problem, float, SolverOptions]) -> None:
-    problem, fraction, opts = case
-    plans = all_plans(problem, opts)
-    least = min(peak for peak, _ in plans)
-    top = baseline_peak(problem)
-    assume(least < top)
-    budget = least - 1 if fraction < 0 else least + int(fraction * (top - least))
-    check_against_brute_force(problem, budget, opts, plans)
+    check_at_fraction(case)
 
 
 def test_copies_in_flight_hold_what_crosses_the_boundary() -> None:
