@@ -34,6 +34,7 @@ from fxopt.solver import (
     Plan,
     Problem,
     SolverOptions,
+    copy_done_steps,
     keep_all,
     min_peak,
     simulate,
@@ -201,7 +202,8 @@ def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
                 raise
             break  # the corrected Problem found nothing in time: judge the best plan so far
         applied = apply_plan(gm, plan, num_fwd_outputs=num_fwd_outputs,
-                             static_lifetime_input_indices=static, step_names=built.step_nodes)
+                             static_lifetime_input_indices=static, step_names=built.step_nodes,
+                             copy_done=copy_done_steps(problem, plan.decisions))
         planned = timeline_of(PLAN_SERIES, applied.fwd, applied.bwd)
         peak = coupled_peak(planned_use(planned, applied.bwd, static), coupling)
         if best is None or peak < best.peak:

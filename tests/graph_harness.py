@@ -41,3 +41,32 @@ def test_plan(keep: list[str], recompute: list[str], other: tuple[Decision, ...]
 
 
 test_plan.__test__ = False  # a helper, not a pytest test
+
+
+def assert_offload_invariants(fwd: fx.GraphModule, bwd: fx.GraphModule) -> None:
+    """NOTE [Offload invariants] (fxopt/ops/offload.py), checked on the rewritten graphs."""
+    import torch
+
+    ops = torch.ops.fxopt
+    for op in (ops.offload, ops.offload_join, ops.prefetch, ops.wait_):
+        if hasattr(torch.Tag, "cudagraph_unsafe"):
+            assert torch.Tag.cudagraph_unsafe in op.default.tags, op
+    order = {n: i for i, n in enumerate(fwd.graph.nodes)}
+    output = fwd.graph.find_nodes(op="output")[0]
+    for host in fwd.graph.find_nodes(op="call_function", target=ops.offload.default):
+        (x,) = host.args
+        joins = [u for u in x.users if u.target is ops.offload_join.default]
+        assert len(joins) == 1 and joins[0].args == (x, host), f"{x.name}: one join of its copy"
+        join = joins[0]
+        # (1) x is read by the join after every other forward use: its buffer outlives the copy
+        assert all(order[u] < order[join] for u in x.users if u not in (join, output)), x.name
+        assert order[host] < order[join]
+        assert host in output.args[0], f"{host.name}: the host copy crosses the boundary"
+    border = {n: i for i, n in enumerate(bwd.graph.nodes)}
+    for fetched in bwd.graph.find_nodes(op="call_function", target=ops.prefetch.default):
+        (host, _device) = fetched.args
+        assert host.op == "placeholder" and list(host.users) == [fetched], host.name
+        waits = [u for u in fetched.users if u.target is ops.wait_.default]
+        assert len(waits) == 1, fetched.name
+        # (4) every read of the prefetched buffer comes after its wait
+        assert all(border[u] > border[waits[0]] for u in fetched.users if u is not waits[0])

@@ -6,40 +6,12 @@ import pytest
 import torch
 import torch.fx as fx
 
-from fxopt.passes import apply_plan, inserted_by
-from fxopt.passes.split import forward_side
-from fxopt.plan import Decision, Kind
-from tests.graph_harness import fx_backend, test_plan
-from tests.test_passes_recompute import MODELS, forward_candidates
+from benchmarks.forced import forced
+from fxopt.passes import inserted_by
+from fxopt.plan import Kind
+from tests.graph_harness import assert_offload_invariants, fx_backend
+from tests.test_passes_recompute import MODELS
 from tests.training import assert_step_matches, step, twin
-
-
-def needed_by_backward(joint: fx.GraphModule, num_fwd_outputs: int) -> list[fx.Node]:
-    """Forward-side nodes that some backward node reads directly (what the split saves)."""
-    fwd = forward_side(joint, num_fwd_outputs)
-    side = set(fwd)
-    return [n for n in fwd if any(u not in side and u.op != "output" for u in n.users)]
-
-
-def storable(node: fx.Node) -> bool:
-    from torch._prims_common import is_non_overlapping_and_dense_or_false
-
-    val = node.meta["val"]
-    return val.dtype.is_floating_point and val.numel() >= 64 and \
-        is_non_overlapping_and_dense_or_false(val)
-
-
-def forced(kind: Kind, fmt: str | None):
-    def partition(joint, joint_inputs, **kwargs):
-        kwargs.pop("compiler", None)
-        nodes = forward_candidates(joint, kwargs["num_fwd_outputs"])
-        used = set(needed_by_backward(joint, kwargs["num_fwd_outputs"]))
-        chosen = [n for n in nodes if storable(n) and n in used]
-        rest = [n.name for n in nodes if n not in chosen]
-        decisions = tuple(Decision(n.name, kind, restore_step=0, fmt=fmt) for n in chosen)
-        applied = apply_plan(joint, test_plan(rest, [], decisions), **kwargs)
-        return applied.fwd, applied.bwd
-    return partition
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
@@ -53,14 +25,18 @@ def test_offload_everything_is_exact(model_name):
     fwd_ops = [n.target for n in graphs["fwd"].graph.nodes if inserted_by(n)]
     bwd_ops = [n.target for n in graphs["bwd"].graph.nodes if n.op == "call_function"
                and inserted_by(n)]
-    assert fwd_ops and set(fwd_ops) == {torch.ops.fxopt.offload.default}
-    assert bwd_ops.count(torch.ops.fxopt.prefetch.default) == len(fwd_ops)
-    assert bwd_ops.count(torch.ops.fxopt.wait_.default) == len(fwd_ops)
+    offloads = fwd_ops.count(torch.ops.fxopt.offload.default)
+    assert offloads and set(fwd_ops) == {torch.ops.fxopt.offload.default,
+                                         torch.ops.fxopt.offload_join.default}
+    assert fwd_ops.count(torch.ops.fxopt.offload_join.default) == offloads
+    assert bwd_ops.count(torch.ops.fxopt.prefetch.default) == offloads
+    assert bwd_ops.count(torch.ops.fxopt.wait_.default) == offloads
+    assert_offload_invariants(graphs["fwd"], graphs["bwd"])
     # Every offloaded tensor crosses the boundary on the host.
     saved = graphs["fwd"].graph.find_nodes(op="output")[0].args[0]
     hosts = [n for n in saved
              if isinstance(n, fx.Node) and n.target is torch.ops.fxopt.offload.default]
-    assert len(hosts) == len(fwd_ops) and all(h.meta["val"].device.type == "cpu" for h in hosts)
+    assert len(hosts) == offloads and all(h.meta["val"].device.type == "cpu" for h in hosts)
 
 
 # Norm-wise relative error of each parameter gradient after one step with every eligible saved
@@ -94,8 +70,12 @@ def test_lowbit_everything_stays_close(model_name, fmt, kind):
     if kind is Kind.LOWBIT_OFFLOAD:
         offloaded = [n for n in graphs["fwd"].graph.nodes
                      if n.target is torch.ops.fxopt.offload.default]
-        assert len(offloaded) == len(lowbit_tensors)
-        assert all(n.meta["val"].dtype in payload_dtypes for n in offloaded)
+        # payload and scales move together (NOTE [Offload invariants])
+        assert len(offloaded) == 2 * len(lowbit_tensors)
+        dtypes = [n.meta["val"].dtype for n in offloaded]
+        assert sum(d in payload_dtypes for d in dtypes) == len(lowbit_tensors)
+        assert dtypes.count(torch.float32) == len(lowbit_tensors)  # the scales
+        assert_offload_invariants(graphs["fwd"], graphs["bwd"])
     else:
         payloads = [n for n in saved if isinstance(n, fx.Node)
                     and n.meta["val"].dtype in payload_dtypes]

@@ -1,16 +1,32 @@
-"""`torch.ops.fxopt.offload / prefetch / wait_`: move a saved tensor to host memory and back.
+"""`torch.ops.fxopt.offload / offload_join / prefetch / wait_`: move a saved tensor to host
+memory and back.
 
-    host = offload(x)            # forward, after x's last forward use
+    host = offload(x)            # forward, right after x is produced: the copy starts
+    offload_join(x, host)        # forward, where the plan has the copy done (after x's last use)
     y = prefetch(host, device)   # backward, at the planned prefetch point
     wait_(y)                     # backward, right before y's first use
 
-On CUDA, both copies run on one side stream, so they overlap with compute on the main stream:
-offload waits for x to be produced, copies it into pinned host memory and tells the caching
-allocator (`record_stream`) that x's device memory is free once the copy is done; prefetch
-copies back into a fresh device buffer; `wait_` makes the main stream wait for that copy (an
-asynchronous wait, the host never blocks). The same stream for both directions orders each
-prefetch after its offload. On CPU the same graph runs: offload copies into a separate host
-buffer and the rest are plain copies and no-ops, so tests cover the rewrite without a GPU.
+NOTE [Offload invariants]
+1. x's storage is never reused before its copy has read it. `offload_join` reads x, so no
+   scheduler, buffer-reuse or in-place pass can recycle x's buffer before the join (Inductor
+   reuses freed buffers in its generated code without the caching allocator, so
+   `record_stream` alone would not protect it); at the join the main stream waits for the copy
+   (an asynchronous wait, the host never blocks), so whatever reuses x afterwards runs after
+   the copy. `record_stream` still covers buffers the caching allocator frees.
+2. The join sits where the cost model has the copy done (NOTE [Copy exposure model],
+   `solver/validate.py`): x's device memory lives from its production to the join, as modelled,
+   and a copy that outlasts the forward is joined before the forward returns, so its exposed
+   time is what the model charges.
+3. Device-to-host and host-to-device copies run on two side streams, one per direction, as
+   the model has them (one link per direction). A prefetch waits for the main stream, which has
+   joined the copy out, so it never reads a host buffer still being filled.
+4. `wait_` makes the main stream wait for the prefetch before the first read of its output;
+   the output's memory is allocated on the main stream and marked used by the copy stream.
+5. A low-bit payload and its scales are offloaded and prefetched together (both stand-ins).
+6. The ops keep Python-side state (side streams, copy events): they are `cudagraph_unsafe`, so
+   CUDA-graph trees split the graph around them instead of capturing a frozen event.
+On CPU the same graph runs: offload copies into a separate host buffer and the rest are plain
+copies and no-ops, so tests cover the rewrite without a GPU.
 """
 
 from __future__ import annotations
@@ -20,17 +36,23 @@ import threading
 import torch
 from torch.library import custom_op
 
-_streams: dict[int, torch.cuda.Stream] = {}
-_events: dict[int, torch.cuda.Event] = {}  # prefetched buffer's data_ptr -> copy-done event
+# NOTE [Offload invariants] (6): keep the ops out of CUDA-graph capture (tag since torch 2.9).
+_TAGS: tuple[torch.Tag, ...] = tuple(
+    t for t in (getattr(torch.Tag, "cudagraph_unsafe", None),) if t is not None)
+
+_streams: dict[tuple[int, str], torch.cuda.Stream] = {}
+_copied: dict[int, torch.cuda.Event] = {}  # host buffer's data_ptr -> copy-out-done event
+_fetched: dict[int, torch.cuda.Event] = {}  # prefetched buffer's data_ptr -> copy-in-done event
 _lock = threading.Lock()
 
 
-def _side_stream(device: torch.device) -> torch.cuda.Stream:
+def _side_stream(device: torch.device, direction: str) -> torch.cuda.Stream:
+    """The side stream of `direction` ("d2h" or "h2d") on `device`."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     with _lock:
-        if index not in _streams:
-            _streams[index] = torch.cuda.Stream(device=index)
-        return _streams[index]
+        if (index, direction) not in _streams:
+            _streams[(index, direction)] = torch.cuda.Stream(device=index)
+        return _streams[(index, direction)]
 
 
 def _empty_like(x: torch.Tensor, device: torch.device | str, pin: bool = False) -> torch.Tensor:
@@ -45,17 +67,22 @@ def _empty_like(x: torch.Tensor, device: torch.device | str, pin: bool = False) 
     return torch.empty(x.shape, dtype=x.dtype, device=device, pin_memory=pin)
 
 
-@custom_op("fxopt::offload", mutates_args=())
+@custom_op("fxopt::offload", mutates_args=(), tags=_TAGS)
 def offload(x: torch.Tensor) -> torch.Tensor:
-    """A host copy of `x` (pinned on CUDA, copied on the side stream)."""
+    """A host copy of `x` (pinned on CUDA, copied on the device-to-host stream); joined by
+    `offload_join` before x's memory may be reused."""
     if x.device.type != "cuda":
         return _empty_like(x, "cpu").copy_(x)
-    side = _side_stream(x.device)
+    side = _side_stream(x.device, "d2h")
     host = _empty_like(x, "cpu", pin=True)
-    side.wait_stream(torch.cuda.current_stream(x.device))
+    side.wait_stream(torch.cuda.current_stream(x.device))  # x has been produced
     with torch.cuda.stream(side):
         host.copy_(x, non_blocking=True)
-    x.record_stream(side)  # x's memory is reused only after the copy has read it
+        done = torch.cuda.Event()
+        done.record(side)
+    x.record_stream(side)
+    with _lock:
+        _copied[host.data_ptr()] = done
     return host
 
 
@@ -64,12 +91,31 @@ def _(x: torch.Tensor) -> torch.Tensor:
     return _empty_like(x, "cpu")
 
 
-@custom_op("fxopt::prefetch", mutates_args=())
+@custom_op("fxopt::offload_join", mutates_args=("host",), tags=_TAGS)
+def offload_join(x: torch.Tensor, host: torch.Tensor) -> None:
+    """The main stream waits for the copy of `x` into `host` (no-op off CUDA). Reading `x` keeps
+    its storage alive until here; declaring `host` written orders the join before anything
+    that reads the host copy, and keeps it from being dropped as dead code."""
+    if x.device.type != "cuda":
+        return
+    with _lock:
+        done = _copied.pop(host.data_ptr(), None)
+    if done is not None:
+        torch.cuda.current_stream(x.device).wait_event(done)
+
+
+@offload_join.register_fake
+def _(x: torch.Tensor, host: torch.Tensor) -> None:
+    return None
+
+
+@custom_op("fxopt::prefetch", mutates_args=(), tags=_TAGS)
 def prefetch(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A device copy of `host`, started on the side stream; `wait_` before reading it."""
+    """A device copy of `host`, started on the host-to-device stream; `wait_` before reading
+    it."""
     if device.type != "cuda":
         return _empty_like(host, device).copy_(host)
-    side = _side_stream(device)
+    side = _side_stream(device, "h2d")
     out = _empty_like(host, device)
     side.wait_stream(torch.cuda.current_stream(device))  # `out` may reuse freed memory
     with torch.cuda.stream(side):
@@ -78,7 +124,7 @@ def prefetch(host: torch.Tensor, device: torch.device) -> torch.Tensor:
         done.record(side)
     out.record_stream(side)
     with _lock:
-        _events[out.data_ptr()] = done
+        _fetched[out.data_ptr()] = done
     return out
 
 
@@ -87,13 +133,13 @@ def _(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return _empty_like(host, device)
 
 
-@custom_op("fxopt::wait_", mutates_args=("x",))
+@custom_op("fxopt::wait_", mutates_args=("x",), tags=_TAGS)
 def wait_(x: torch.Tensor) -> None:
     """Orders the current stream after the prefetch that filled `x` (no-op off CUDA)."""
     if x.device.type != "cuda":
         return
     with _lock:
-        done = _events.pop(x.data_ptr(), None)
+        done = _fetched.pop(x.data_ptr(), None)
     if done is not None:
         torch.cuda.current_stream(x.device).wait_event(done)
 

@@ -7,7 +7,7 @@ A pass applies decisions and decides nothing. Anything it cannot apply safely ra
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch.fx as fx
@@ -39,16 +39,23 @@ class AppliedPlan:
     programs: tuple[tuple[str, str, str], ...] = ()
 
 
+def _step_name(step_names: Sequence[str], step: int | None) -> str | None:
+    return step_names[step] if step is not None and step < len(step_names) else None
+
+
 def _code(gm: fx.GraphModule) -> str:
     return gm.graph.python_code("self").src
 
 
 def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
                static_lifetime_input_indices: list[int] | None = None,
-               step_names: Sequence[str] = ()) -> AppliedPlan:
+               step_names: Sequence[str] = (), copy_done: Mapping[str, int] | None = None
+               ) -> AppliedPlan:
     """`step_names[s]` names the joint-graph node before which an action planned for schedule
     step s runs (`BuiltProblem.step_nodes`): a recomputation or a prefetch restored at s is
-    inserted there; without it, before first use."""
+    inserted there; without it, before first use. `copy_done[name]`: the step by which the
+    model has offloaded tensor `name` copied out (its copy is joined there); without it, at the
+    end of the forward."""
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     saved = [d.name for d in plan.decisions if d.kind is not Kind.RECOMPUTE]
@@ -64,19 +71,22 @@ def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
     seconds["recompute"] = time.perf_counter() - t0
     programs.append(("recompute", _code(fwd), _code(bwd)))
     t0 = time.perf_counter()
-    payloads: dict[str, str] = {}
+    stand_ins: dict[str, tuple[str, ...]] = {}
     for d in plan.decisions:
         if d.kind.lowbit:
             assert d.fmt is not None
-            payloads[d.name] = apply_lowbit(fwd, bwd, d.name, d.fmt, num_fwd_outputs)
+            stand_ins[d.name] = apply_lowbit(fwd, bwd, d.name, d.fmt, num_fwd_outputs)
     seconds["lowbit"] = time.perf_counter() - t0
     programs.append(("lowbit", _code(fwd), _code(bwd)))
     t0 = time.perf_counter()
+    done = copy_done or {}
     for d in plan.decisions:
         if d.kind.offloaded:
-            at = step_names[d.restore_step] if d.restore_step is not None and \
-                d.restore_step < len(step_names) else None
-            apply_offload(fwd, bwd, payloads.get(d.name, d.name), num_fwd_outputs, at)
+            at = _step_name(step_names, d.restore_step)
+            join = _step_name(step_names, done.get(d.name))
+            # a low-bit payload moves with its scales (NOTE [Offload invariants])
+            for name in stand_ins.get(d.name, (d.name,)):
+                apply_offload(fwd, bwd, name, num_fwd_outputs, at, join)
     seconds["offload"] = time.perf_counter() - t0
     programs.append(("offload", _code(fwd), _code(bwd)))
     t0 = time.perf_counter()

@@ -14,8 +14,9 @@ GRANULARITY = "block"  # one scale per 128 consecutive elements: any shape, robu
 
 
 def apply_lowbit(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, fmt: LowbitFormat,
-                 num_fwd_outputs: int) -> str:
-    """Stores saved tensor `name` in `fmt`; returns the name of the payload's forward node.
+                 num_fwd_outputs: int) -> tuple[str, ...]:
+    """Stores saved tensor `name` in `fmt`; returns the names of its forward stand-ins (the
+    payload, then the scales).
     The graphs hold the format as its plain string (the ops' schema takes a `str`)."""
     fmt_name = fmt.value
     dtype: torch.dtype | None = None
@@ -49,7 +50,7 @@ def apply_lowbit(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, fmt: Lowbi
 
     stand_ins = replace_saved(fwd, bwd, name, num_fwd_outputs, quantise, dequantise, "lowbit",
                               f"lowbit-{fmt_name}")
-    return stand_ins[0].name
+    return tuple(n.name for n in stand_ins)
 
 
 # NOTE [Low-bit layout]

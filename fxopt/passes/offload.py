@@ -1,19 +1,22 @@
-"""Offload chosen saved tensors to host memory in forward and prefetch them in backward."""
+"""Offload chosen saved tensors to host memory in forward and prefetch them in backward
+(invariants: NOTE [Offload invariants] in fxopt/ops/offload.py)."""
 
 from __future__ import annotations
 
 import torch
 import torch.fx as fx
 
-import fxopt.ops.offload  # noqa: F401 - registers torch.ops.fxopt.offload / prefetch / wait_
+import fxopt.ops.offload  # noqa: F401 - registers torch.ops.fxopt.offload / prefetch / ...
 from fxopt.passes.boundary import call, replace_saved
 from fxopt.plan import tag
 
 
 def apply_offload(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, num_fwd_outputs: int,
-                  prefetch_before: str | None = None) -> None:
-    """Offloads saved tensor `name`; the prefetch is issued before backward node
-    `prefetch_before` (default: right before first use) and waited for before first use."""
+                  prefetch_before: str | None = None, join_before: str | None = None) -> None:
+    """Offloads saved tensor `name`: the copy starts right after it is produced and is joined
+    before forward node `join_before` (default: the end of the forward; never before the
+    tensor's last forward use); the prefetch is issued before backward node `prefetch_before`
+    (default: right before first use) and waited for before first use."""
     device: torch.device | None = None
 
     def to_host(graph: fx.Graph, x: fx.Node) -> list[fx.Node]:
@@ -25,7 +28,9 @@ def apply_offload(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, num_fwd_o
         return call(graph, torch.ops.fxopt.prefetch.default, (inputs[0], device),
                     f"{name}_prefetched")
 
-    replace_saved(fwd, bwd, name, num_fwd_outputs, to_host, from_host, "offload", "offload")
+    (host,) = replace_saved(fwd, bwd, name, num_fwd_outputs, to_host, from_host, "offload",
+                            "offload")
+    _join(fwd, host, join_before, name)
     prefetched = next(n for n in bwd.graph.nodes if n.op == "call_function"
                       and n.target is torch.ops.fxopt.prefetch.default
                       and n.args[0].name == _host_name(bwd, name))
@@ -38,6 +43,23 @@ def apply_offload(fwd: fx.GraphModule, bwd: fx.GraphModule, name: str, num_fwd_o
         wait = bwd.graph.call_function(torch.ops.fxopt.wait_.default, (prefetched,))
         wait.meta["val"] = None
     tag(wait, "offload", name, "offload")
+
+
+def _join(fwd: fx.GraphModule, host: fx.Node, before: str | None, name: str) -> None:
+    """Inserts `offload_join(x, host)` before forward node `before`, or before the output when
+    that node is absent or would come before x's last forward use (NOTE [Offload invariants])."""
+    (x,) = host.args
+    assert isinstance(x, fx.Node)
+    order = {n: i for i, n in enumerate(fwd.graph.nodes)}
+    output = fwd.graph.find_nodes(op="output")[0]
+    last_use = max((u for u in x.users if u is not output), key=order.__getitem__)
+    at = next((n for n in fwd.graph.nodes if n.name == before), output) if before else output
+    if order[at] <= order[last_use]:
+        at = last_use.next
+    with fwd.graph.inserting_before(at):
+        join = fwd.graph.call_function(torch.ops.fxopt.offload_join.default, (x, host))
+        join.meta["val"] = None
+    tag(join, "offload", name, "offload")
 
 
 def _host_name(bwd: fx.GraphModule, name: str) -> str:

@@ -20,11 +20,19 @@ from fxopt.solver.greedy import greedy
 from fxopt.solver.options import SolverOptions
 from fxopt.solver.planner import min_peak, solve
 from fxopt.solver.problem import Candidate, Problem, ProblemError, budget_bytes, to_us
-from fxopt.solver.validate import Simulation, baseline_peak, keep_all, simulate, validate
+from fxopt.solver.validate import (
+    Simulation,
+    baseline_peak,
+    copy_done_steps,
+    keep_all,
+    simulate,
+    validate,
+)
 
 __all__ = [
     "LOWBIT_FORMATS", "Candidate", "Decision", "InfeasibleBudgetError",
     "InvalidPlanError", "Kind", "LowbitFormat", "NoPlanFoundError", "Plan", "PlanCache", "Problem",
     "ProblemError", "Simulation", "SolverOptions", "baseline_peak", "budget_bytes", "cache_key",
+    "copy_done_steps",
     "greedy", "keep_all", "min_peak", "simulate", "solve", "to_us", "validate",
 ]

@@ -84,6 +84,14 @@ def d2h_window(problem: Problem, c: Candidate, lowbit: bool) -> tuple[int, int]:
     return last_fwd, copy - problem.compute_us(start, last_fwd)
 
 
+def copy_done_steps(problem: Problem, decisions: Sequence[Decision]) -> dict[str, int]:
+    """For each offloaded tensor, the step before which its device->host copy is done and its
+    device memory may go (D + 1 of NOTE [Copy exposure model]; num_fwd_steps: the forward's
+    end). The offload pass joins the copy there."""
+    return {d.name: d2h_window(problem, c, d.kind is Kind.LOWBIT_OFFLOAD)[0] + 1
+            for c, d in zip(problem.candidates, decisions) if d.kind.offloaded}
+
+
 def h2d_exposed(problem: Problem, c: Candidate, prefetch: int, lowbit: bool) -> int:
     copy = c.lowbit_copy_us if lowbit else c.copy_us
     assert c.first_bwd_use is not None
