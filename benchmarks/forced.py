@@ -83,8 +83,11 @@ def inductor_backend(partitioner: CustomPartitionerFn) -> Any:
     hit would skip the partitioner)."""
     from fxopt.compat import autograd_cache_off, compile_fx
 
+    patches: dict[str, Any] = {"custom_partitioner_fn": partitioner}
+    if isinstance(partitioner, ForcedPartitioner) and partitioner.kind.offloaded:
+        patches["reorder_for_peak_memory"] = False  # NOTE [Offload invariants] (7)
+
     def backend(gm: fx.GraphModule, example_inputs: Any) -> Any:
         with autograd_cache_off():
-            return compile_fx(gm, list(example_inputs),
-                              config_patches={"custom_partitioner_fn": partitioner})
+            return compile_fx(gm, list(example_inputs), config_patches=patches)
     return backend

@@ -90,13 +90,24 @@ def sync(device: str) -> None:
 FORCED_RTOL = {"offload": 1e-4, "lowbit_offload": 0.15}
 
 
+def summary(values: list[int]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+# the buffer an op reads first, also through a reinterpreting view
+_OFFLOAD = r"fxopt\.offload\.default\((?:reinterpret_tensor\()?(\w+)"
+_JOIN = r"fxopt\.offload_join\.default\((?:reinterpret_tensor\()?(\w+)"
+
+
 def reused_before_join(code: str) -> list[str]:
     """Buffers of Inductor's generated forward that are freed or reused before the line that
     joins their copy to host memory (an offload race in the generated code)."""
     lines = code.splitlines()
     bad = []
     for i, line in enumerate(lines):
-        m = re.search(r"fxopt\.offload_join\.default\((\w+)", line)
+        m = re.search(_JOIN, line)
         if not m:
             continue
         buf = m.group(1)
@@ -104,6 +115,48 @@ def reused_before_join(code: str) -> list[str]:
         if any(freed.search(earlier) for earlier in lines[:i]):
             bad.append(buf)
     return bad
+
+
+_KERNEL_CALL = re.compile(r"\.run\(|extern_kernels\.|cpp_fused|torch\.ops\.aten\.")
+
+
+def kernels_before_join(code: str) -> list[int]:
+    """For each offloaded buffer of Inductor's generated code: how many kernels run between the
+    start of its copy and the join (0: the main stream waits for the copy at once)."""
+    lines = code.splitlines()
+    starts = {}
+    counts = []
+    for i, line in enumerate(lines):
+        m = re.search(_OFFLOAD, line)
+        if m:
+            starts[m.group(1)] = i
+        m = re.search(_JOIN, line)
+        if m and m.group(1) in starts:
+            between = lines[starts[m.group(1)] + 1:i]
+            counts.append(sum(bool(_KERNEL_CALL.search(ln)) for ln in between))
+    return counts
+
+
+def kernels_before_wait(code: str) -> list[int]:
+    """For each prefetched buffer: how many kernels run between the prefetch and its wait."""
+    lines = code.splitlines()
+    starts = {}
+    counts = []
+    for i, line in enumerate(lines):
+        m = re.search(r"(\w+) = torch\.ops\.fxopt\.prefetch\.default\(", line)
+        if m:
+            starts[m.group(1)] = i
+            # the op's output is the buffer Inductor checks next (a kernel node, then its output)
+            for later in lines[i + 1:i + 4]:
+                out = re.search(r"assert_size_stride\((\w+)", later)
+                if out:
+                    starts[out.group(1)] = i
+                    break
+        m = re.search(r"fxopt\.wait_\.default\((?:reinterpret_tensor\()?(\w+)", line)
+        if m and m.group(1) in starts:
+            between = lines[starts[m.group(1)] + 1:i]
+            counts.append(sum(bool(_KERNEL_CALL.search(ln)) for ln in between))
+    return counts
 
 
 def part_forced(device: str, small: bool) -> dict[str, Any]:
@@ -138,6 +191,8 @@ def part_forced(device: str, small: bool) -> dict[str, Any]:
             "prefetches": code.count("fxopt.prefetch.default("),
             "waits": code.count("fxopt.wait_.default("),
             "reused_before_join": reused_before_join(code),
+            "kernels_before_join": summary(kernels_before_join(code)),
+            "kernels_before_wait": summary(kernels_before_wait(code)),
             "max_grad_rel_err": max(errors), "max_loss_rel_err": max(loss_errors),
             "rtol": FORCED_RTOL[label],
             "ok": max(errors) < FORCED_RTOL[label] and not reused_before_join(code)
@@ -171,17 +226,20 @@ def copy_overlap(trace: dict[str, Any]) -> dict[str, float]:
     """From a Chrome trace: microseconds of host<->device copies, of compute kernels, and of the
     copies that ran while a compute kernel ran on another stream."""
     events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
-    copies = [e for e in events if e.get("cat") == "gpu_memcpy"
-              and ("Pinned" in e.get("name", "") or "DtoH" in e["name"] or "HtoD" in e["name"])]
+    # offload's copies: to and from pinned memory on the side streams (reading the loss also
+    # copies, on the main stream)
     kernels = [e for e in events if e.get("cat") == "kernel"]
-    copy_streams = {e.get("tid") for e in copies}
-    compute = _intervals([k for k in kernels if k.get("tid") not in copy_streams])
+    compute_streams = {k.get("tid") for k in kernels}
+    copies = [e for e in events if e.get("cat") == "gpu_memcpy" and "Pinned" in e.get("name", "")
+              and e.get("tid") not in compute_streams]
+    compute = _intervals(kernels)
     copy_spans = _intervals(copies)
     copy_us = sum(hi - lo for lo, hi in copy_spans)
     hidden = _overlap(copy_spans, compute)
     return {"copy_us": copy_us, "compute_us": sum(hi - lo for lo, hi in compute),
             "copy_overlapped_us": hidden, "overlap_fraction": hidden / copy_us if copy_us else 0.0,
-            "copies": len(copies)}
+            "copies": len(copies), "copy_gb": sum(e.get("args", {}).get("bytes", 0)
+                                                  for e in copies) / 1e9}
 
 
 def step_ms(fn: Callable[[], object], device: str, repeat: int = 10) -> float:
@@ -228,6 +286,42 @@ def part_overlap(device: str, small: bool, out_dir: Path) -> dict[str, Any]:
 
 # ---- low-bit kernels -----------------------------------------------------------------------------
 
+def mismatch(x: torch.Tensor, fmt: str, gran: str, got: tuple[torch.Tensor, torch.Tensor],
+             want: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+    """Where the kernels' (payload, scales) differ from the reference's, and whether the
+    reference on this device agrees with the CPU's (the spec)."""
+    from fxopt.ops import reference as ref
+
+    (p_t, s_t), (p_r, s_r) = got, want
+    out: dict[str, Any] = {
+        "shapes": [list(t.shape) for t in (p_t, s_t, p_r, s_r)],
+        "strides": [list(t.stride()) for t in (p_t, p_r)],
+        "dtypes": [str(t.dtype) for t in (p_t, s_t, p_r, s_r)]}
+    if s_t.shape == s_r.shape:
+        bad = (s_t != s_r) & ~(s_t.isnan() & s_r.isnan())
+        out["scale_mismatches"] = int(bad.sum())
+        if bad.any():
+            i = int(bad.nonzero()[0, 0])
+            out["scale_first"] = [i, float(s_t[i]), float(s_r[i])]
+    if p_t.shape == p_r.shape:
+        a, b = p_t.contiguous().view(torch.uint8), p_r.contiguous().view(torch.uint8)
+        bad = a != b
+        out["payload_mismatches"] = int(bad.sum())
+        if bad.any():
+            idx = bad.reshape(-1).nonzero()[:4, 0].tolist()
+            flat = x.reshape(-1)
+            out["payload_first"] = [[i, float(flat[i]), int(a.reshape(-1)[i]),
+                                     int(b.reshape(-1)[i])] for i in idx]
+    p_c, s_c = ref.quantize(x.cpu(), fmt, gran)
+    out["device_ref_equals_cpu_ref"] = torch.equal(p_c.view(torch.uint8),
+                                                   p_r.cpu().view(torch.uint8)) and \
+        torch.equal(s_c, s_r.cpu())
+    out["kernel_equals_cpu_ref"] = torch.equal(p_c.view(torch.uint8),
+                                               p_t.cpu().contiguous().view(torch.uint8)) and \
+        torch.equal(s_c, s_t.cpu())
+    return out
+
+
 def part_kernels(device: str, small: bool) -> dict[str, Any]:
     import fxopt.ops  # noqa: F401  (registers torch.ops.fxopt.*)
     from benchmarks.bench_kernels import peak_gbps
@@ -255,6 +349,8 @@ def part_kernels(device: str, small: bool) -> dict[str, Any]:
                     p, s = torch.ops.fxopt.quantize(t, fmt, gran)
                     return torch.ops.fxopt.dequantize(p, s, gran, t.dtype)
 
+                diag = {} if same_q and same_dq else mismatch(x, fmt, gran, (p_t, s_t),
+                                                               (p_r, s_r))
                 compiled = torch.compile(round_trip)
                 same_compiled = torch.equal(compiled(x), y_r)
                 q_ms = step_ms(lambda: torch.ops.fxopt.quantize(x, fmt, gran), device, 20)
@@ -267,7 +363,7 @@ def part_kernels(device: str, small: bool) -> dict[str, Any]:
                     "dequantize_identical": same_dq, "compiled_identical": same_compiled,
                     "quantize_gb_s": moved / q_ms / 1e6, "dequantize_gb_s": moved / d_ms / 1e6,
                     "clone_gb_s": 2 * x.numel() * x.element_size() / clone_ms / 1e6,
-                    "peak_gb_s": peak_gbps(device)})
+                    "peak_gb_s": peak_gbps(device), **diag})
     return {"rows": rows, "ok": all(r["quantize_identical"] and r["dequantize_identical"]
                                     and r["compiled_identical"] for r in rows)}
 
@@ -303,10 +399,16 @@ def planned_child(config: str, device: str, small: bool, lock: Path) -> dict[str
         budget = float(config[5:8])
         backend = fxopt.backend(budget=budget, offload="nooffload" not in config)
     compiled = torch.compile(model, backend=backend)
+    from torch._inductor.utils import run_and_get_code
+
     t0 = time.perf_counter()
-    grads(compiled, data)  # compiles
+    (_, codes) = run_and_get_code(lambda: grads(compiled, data))  # compiles
     sync(device)
     row["compile_s"] = time.perf_counter() - t0
+    code = "\n".join(codes)
+    if "fxopt.offload.default(" in code:
+        row["kernels_before_join"] = summary(kernels_before_join(code))
+        row["kernels_before_wait"] = summary(kernels_before_wait(code))
     for _ in range(3):  # re-plans settle (NOTE [Measuring the step in training])
         grads(compiled, data)
     with exclusive(lock):
@@ -322,7 +424,7 @@ def planned_child(config: str, device: str, small: bool, lock: Path) -> dict[str
             row["peak_above_start_mib"] = (torch.cuda.max_memory_allocated() - before) / MiB
             row["allocated_before_mib"] = before / MiB
         row["step_ms"] = step_ms(lambda: grads(compiled, data), device)
-    if isinstance(backend, fxopt.FxoptBackend) or config.startswith("fxopt"):
+    if config.startswith("fxopt"):
         report = backend.step_report()
         plans = [r.plan for r in report.graphs if r.plan is not None]
         kinds: dict[str, int] = {}

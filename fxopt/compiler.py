@@ -31,8 +31,16 @@ def _compile(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options
     # solver, and Inductor's code cache still serves the compiled kernels.
     with autograd_cache_off():
         return compile_fx(gm, list(example_inputs), config_patches={
-            **(config_patches or {}),
+            **(config_patches or {}), **offload_patches(options),
             "custom_partitioner_fn": FxoptPartitioner(options, step, key)}, **compile_kwargs)
+
+
+def offload_patches(options: Options) -> dict[str, Any]:
+    """Inductor settings a plan with offload needs (NOTE [Offload invariants] (7) in
+    fxopt/ops/offload.py): no reordering for peak memory, which would pull each copy's join up
+    to the copy's start and push each prefetch down to its use, so that the main stream waits
+    for every copy."""
+    return {"reorder_for_peak_memory": False} if options.offload else {}
 
 
 def _symbolic(gm: fx.GraphModule) -> bool:

@@ -49,6 +49,10 @@ class Hardware:
 # Source: PCI-SIG, PCI Express Base Specification 5.0 (2019) and 4.0 (2017), data rates per lane.
 _PCIE5_X16 = 16 * 32e9 * 128 / 130 / 8
 _PCIE4_X16 = 16 * 16e9 * 128 / 130 / 8
+# What a pinned copy reaches over a Gen5 x16 link: measured on an H200 by benchmarks/gpu_check.py
+# (overlap part: 7.59 GB each way in 137.6 ms device->host and 137.4 ms host->device, 55 GB/s),
+# 87% of the link rate; the H100's link is the same Gen5 x16.
+_PCIE5_PINNED = 55e9
 # Per-kernel launch cost on a GPU: an assumption of a few microseconds (typical CUDA launch
 # latency), not a datasheet number.
 _GPU_LAUNCH_S = 5e-6
@@ -67,13 +71,15 @@ PROFILES: dict[str, Hardware] = {
     "h100": Hardware(
         "h100", {"float32": 67 * TB, "bfloat16": 989 * TB, "float16": 989 * TB,
                  "float8_e4m3fn": 1979 * TB},
-        3.35 * TB, _PCIE5_X16, _GPU_LAUNCH_S, 80 * 2**30,
-        {"compute": _H100_SRC, "memory": _H100_SRC, "host_link": "PCI-SIG PCIe 5.0 x16"}),
+        3.35 * TB, _PCIE5_PINNED, _GPU_LAUNCH_S, 80 * 2**30,
+        {"compute": _H100_SRC, "memory": _H100_SRC,
+         "host_link": "PCIe 5.0 x16, pinned copies measured on an H200 (gpu_check)"}),
     "h200": Hardware(
         "h200", {"float32": 67 * TB, "bfloat16": 989 * TB, "float16": 989 * TB,
                  "float8_e4m3fn": 1979 * TB},
-        4.8 * TB, _PCIE5_X16, _GPU_LAUNCH_S, 141 * 10**9,
-        {"compute": _H200_SRC, "memory": _H200_SRC, "host_link": "PCI-SIG PCIe 5.0 x16"}),
+        4.8 * TB, _PCIE5_PINNED, _GPU_LAUNCH_S, 141 * 10**9,
+        {"compute": _H200_SRC, "memory": _H200_SRC,
+         "host_link": "PCIe 5.0 x16, pinned copies measured on an H200 (gpu_check)"}),
     "a100": Hardware(
         "a100", {"float32": 19.5 * TB, "bfloat16": 312 * TB, "float16": 312 * TB},
         2.039 * TB, _PCIE4_X16, _GPU_LAUNCH_S, 80 * 2**30,

@@ -25,6 +25,11 @@ NOTE [Offload invariants]
 5. A low-bit payload and its scales are offloaded and prefetched together (both stand-ins).
 6. The ops keep Python-side state (side streams, copy events): they are `cudagraph_unsafe`, so
    CUDA-graph trees split the graph around them instead of capturing a frozen event.
+7. The graph's order is the schedule: Inductor's reordering for peak memory is off where
+   offload may be planned (`fxopt.compiler.offload_patches`). It would move each join up to its
+   copy's start (the join frees x) and each prefetch down to its first use (the prefetch
+   allocates), and the main stream would then wait for every copy: measured on an H200, not
+   one copy of a forced-offload GPT step overlapped a compute kernel with it on.
 On CPU the same graph runs: offload copies into a separate host buffer and the rest are plain
 copies and no-ops, so tests cover the rewrite without a GPU.
 """
