@@ -123,7 +123,10 @@ def quantize(x: torch.Tensor, fmt: LowbitFormat | str, granularity: str
     xf = _grouped(x.reshape(-1).to(torch.float32), groups, length)
     ax = xf.abs()
     amax = torch.clamp_max(torch.where(ax < float("inf"), ax, 0.0).amax(dim=1), AMAX_CAP)
-    scale = torch.where(amax > 0, torch.clamp_min(amax / q, FLT_MIN), 1.0)
+    # A tensor divisor: PyTorch's CUDA kernels divide by a Python scalar as a multiplication by
+    # its reciprocal, which is not the IEEE quotient (measured on an H200: scales one ulp off
+    # the CPU's in 1 of 2 groups); tensor by tensor is an IEEE division on every device.
+    scale = torch.where(amax > 0, torch.clamp_min(amax / torch.full_like(amax, q), FLT_MIN), 1.0)
     inv = torch.ones_like(scale) / scale
     y = xf * inv[:, None]
     y = torch.where(y > q, q, torch.where(y < -q, -q, y))
