@@ -493,13 +493,62 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    def cell(v: Any) -> str:
+        return f"{v:.1f}" if isinstance(v, float) else "" if v is None else str(v)
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(cell(v) for v in row) + " |" for row in rows), ""]
+
+
 def markdown(results: dict[str, Any]) -> str:
-    lines = [f"# GPU check ({results['env'].get('gpu', results['device'])})", "",
-             f"torch {results['env']['torch']}, run {results['date']}", ""]
+    """The results as the tables the README quotes (every number is in the .json beside)."""
+    env = results["env"]
+    lines = [f"# GPU check: {env.get('gpu', results['device'])}", "",
+             f"torch {env['torch']}, Triton {env.get('triton')}, run {results['date']} "
+             "(`python -m benchmarks.gpu_check`).", ""]
+    kernels = results.get("kernels", {})
+    if "rows" in kernels:
+        lines += ["## Low-bit kernels (8192 x 8192)", ""]
+        lines += _table(["input", "format", "scales", "equal to the spec", "compiled equal",
+                         "quantise GB/s", "dequantise GB/s", "clone GB/s"],
+                        [[r["dtype"], r["fmt"], r["granularity"],
+                          r.get("kernels_equal_spec", r["quantize_identical"]),
+                          r["compiled_identical"], r["quantize_gb_s"], r["dequantize_gb_s"],
+                          r["clone_gb_s"]] for r in kernels["rows"]])
+    forced = results.get("forced", {})
+    if "offload" in forced:
+        lines += ["## Every eligible saved tensor offloaded, through Inductor", ""]
+        lines += _table(["kind", "tensors", "largest gradient error vs eager", "bound",
+                         "buffers reused before their join", "kernels between copy and join "
+                         "(median)"],
+                        [[k, v["offloads"], f"{v['max_grad_rel_err']:.2e}", f"{v['rtol']:g}",
+                          len(v["reused_before_join"]),
+                          v.get("kernels_before_join", {}).get("median")]
+                         for k, v in forced.items() if isinstance(v, dict)])
+    overlap = results.get("overlap", {})
+    if "copy_us" in overlap:
+        lines += [f"## Copies and compute ({overlap['model']}, every tensor offloaded)", "",
+                  f"{overlap['copy_gb']:.2f} GB copied in {overlap['copy_us'] / 1e3:.1f} ms "
+                  f"({overlap['copy_gb'] / overlap['copy_us'] * 1e6:.1f} GB/s); compute kernels "
+                  f"{overlap['compute_us'] / 1e3:.1f} ms, of which "
+                  f"{overlap['copy_overlapped_us'] / 1e3:.1f} ms ran beside a copy; step "
+                  f"{overlap['step_ms_offload_all']:.1f} ms against "
+                  f"{overlap['step_ms_keep_all']:.1f} ms keeping everything.", ""]
+    planned = results.get("planned", {})
+    if "rows" in planned:
+        lines += [f"## Budgets on {planned['model']}", "",
+                  "Peak: `max_memory_allocated` during one step above what was allocated "
+                  "before it (parameters, inputs).", ""]
+        lines += _table(["configuration", "measured peak MiB", "step ms", "fxopt budget MiB",
+                         "fxopt predicted MiB", "decisions", "status"],
+                        [[r["config"], r.get("peak_above_start_mib"), r.get("step_ms"),
+                          r.get("budget_mib"), r.get("predicted_peak_mib"),
+                          ", ".join(f"{k} {v}" for k, v in r.get("decisions", {}).items()),
+                          ", ".join(r.get("statuses", [])) or r.get("error", "")[-200:]]
+                         for r in planned["rows"]])
     for part in PARTS:
-        if part not in results:
-            continue
-        lines += [f"## {part}", "", "```", json.dumps(results[part], indent=1)[:6000], "```", ""]
+        if "error" in results.get(part, {}):
+            lines += [f"## {part}: failed", "", "```", results[part]["error"], "```", ""]
     return "\n".join(lines)
 
 

@@ -146,7 +146,7 @@ class Options:
     budget: peak-memory budget for one training step: fraction of the keep-everything peak
         (0.5), absolute size ('6GiB' or bytes). None: no tighter than PyTorch's default
         partition, at the least time.
-    offload: allow CPU offload of saved tensors. None: on when the graph runs on CUDA.
+    offload: allow CPU offload of saved tensors on CUDA (NOTE [Offload is opt-in]). None: off.
     lowbit: allow low-bit storage of saved tensors (None, 'fp8' or 'int8'); changes numerics.
     time_limit_s: solver time limit per graph.
     device: cost profile ('auto', 'h100', 'h200', 'a100', 'cpu').

@@ -30,9 +30,9 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
 
     No kernel of the model runs and the model is left as it was, so a model built on the `meta`
     device works. With a GPU cost profile (`device="h100"`, ...) the step is planned as it would
-    run on CUDA, offload included, on any machine. Without `loss_fn`, the output's `.loss`
-    (Hugging Face models given labels), a scalar output, or the sum of a tensor output is the
-    loss. Reports are numbered in the order the graphs were captured.
+    run on CUDA on any machine (offload too, with `offload=True`). Without `loss_fn`, the
+    output's `.loss` (Hugging Face models given labels), a scalar output, or the sum of a tensor
+    output is the loss. Reports are numbered in the order the graphs were captured.
     """
     opts = Options(**options)
     step = Step(opts, defer_errors=True)

@@ -364,7 +364,7 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     joint = GraphView.from_fx(gm, num_fwd_outputs=num_fwd_outputs,
                               static_lifetime_input_indices=static_lifetime_input_indices)
     device = torch.device(device_type) if device_type else graph_device(gm)
-    offload = options.offload if options.offload is not None else device.type == "cuda"
+    offload = bool(options.offload)  # opt-in: NOTE [Offload is opt-in]
     profile = get_profile(options.device.value)
     built = build_problem(joint, profile, host_is_device=device.type == "cpu")
     baseline = simulate(built.problem, keep_all(built.problem))

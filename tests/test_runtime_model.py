@@ -45,7 +45,8 @@ def test_gpu_profiles_cite_datasheets() -> None:
     assert PROFILES["h200"].mem_bandwidth == pytest.approx(4.8e12)
     assert PROFILES["a100"].peak_flops("bfloat16") == pytest.approx(312e12)
     assert PROFILES["a100"].mem_bandwidth == pytest.approx(2.039e12)
-    assert 60e9 < PROFILES["h100"].host_link < 64e9  # PCIe 5.0 x16
+    # PCIe 5.0 x16 (63 GB/s per direction), as pinned copies reach it (55 GB/s, gpu_check)
+    assert PROFILES["h100"].host_link == PROFILES["h200"].host_link == pytest.approx(55e9)
     assert 30e9 < PROFILES["a100"].host_link < 32e9  # PCIe 4.0 x16
     for p in PROFILES.values():
         assert {"compute", "memory", "host_link"} <= set(p.sources)
