@@ -146,11 +146,11 @@ def test_keep_all_when_the_budget_allows() -> None:
     assert plan.peak_bytes == plan.baseline_peak_bytes == baseline_peak(p)
 
 
-def test_out_of_time_returns_the_greedy_plan_with_a_warning() -> None:
+def test_out_of_work_returns_the_greedy_plan_with_a_warning() -> None:
     p = gpt_problem(GPTShape(layers=12, d_model=256, seq=512, batch=4, heads=4, vocab=4096))
-    plan = solve(p, 0.5, SolverOptions(time_limit_s=0.001), cache_dir=None)
+    plan = solve(p, 0.5, SolverOptions(work_limit=0.001), cache_dir=None)
     validate(p, plan)
-    assert plan.status == "GREEDY" and plan.warnings
+    assert plan.status == "GREEDY" and "work_limit=0.001" in plan.warnings[-1]
 
 
 def test_synthetic_gpt_shape() -> None:
