@@ -59,8 +59,10 @@ class InfeasibleBudgetError(ValueError):
                     f"asked for that budget; keeping everything peaks at "
                     f"{_mib(baseline_peak_bytes)}.")
         else:
-            head = (f"memory budget {_mib(budget_bytes)} ({budget_bytes} B) cannot be met{why}: "
-                    f"the smallest reachable peak{qualifier} is {_mib(min_peak_bytes)} "
+            searched = " by the choices searched" if restricted else ""
+            head = (f"memory budget {_mib(budget_bytes)} ({budget_bytes} B) cannot be met"
+                    f"{searched}{why}: the smallest reachable peak{qualifier} is "
+                    f"{_mib(min_peak_bytes)} "
                     f"({min_peak_bytes} B); keeping everything peaks at "
                     f"{_mib(baseline_peak_bytes)}.")
         lines = [head]
