@@ -33,7 +33,7 @@ from fxopt.solver import (
     Plan,
     SolverOptions,
     keep_all,
-    min_peak,
+    lowest_peak,
     simulate,
     solve,
 )
@@ -200,11 +200,13 @@ class _Solving:
                 f + g for f, g in zip(built.problem.fixed_bytes, gaps)))
         return best, None
 
-    def lowest(self) -> _Candidate:
-        """The lowest plan (NOTE [The lowest plan])."""
-        best, _ = self.closing_loop(min_peak(self.built.problem, self.solver_options)[0])
+    def lowest(self) -> tuple[_Candidate, int]:
+        """The lowest plan (NOTE [The lowest plan]), and the bound below which no plan of the
+        choices searched peaks in the Problem's model."""
+        low = lowest_peak(self.built.problem, self.solver_options)
+        best, _ = self.closing_loop(low.peak_bytes)
         assert best is not None  # solve() meets the peak its lowest-peak search found
-        return best
+        return best, low.bound
 
 
 # NOTE [The lowest plan]
@@ -219,17 +221,18 @@ class Refusal(InfeasibleBudgetError):
     lowest: _Candidate
 
 
-def _refusal(err: InfeasibleBudgetError | None, budget: int, low: _Candidate,
+def _refusal(err: InfeasibleBudgetError | None, budget: int, low: tuple[_Candidate, int],
              baseline_peak: int) -> Refusal:
     """The refusal naming the lowest plan's peak, and the work limit where the solver's own
     refusal said that the work ran out before it could tell."""
     # Only options that beat the Problem's own minimum are worth naming.
     better = {} if err is None else {
         k: v for k, v in err.alternatives.items() if v < err.min_peak_bytes}
-    out = Refusal(budget, low.peak, False, baseline_peak, better,
+    cand, bound = low
+    out = Refusal(budget, cand.peak, False, baseline_peak, better,
                   limit=None if err is None else err.limit,
-                  restricted=err is not None and err.restricted)
-    out.lowest = low
+                  restricted=err is not None and err.restricted, min_peak_bound=bound)
+    out.lowest = cand
     return out
 
 
@@ -243,8 +246,8 @@ def _solve_and_apply(solving: _Solving, budget: int, *, strict: bool, baseline_p
     best, err = solving.closing_loop(budget)
     if best is None or (strict and best.peak > budget * (1 + TOLERANCE)):
         low = solving.lowest()
-        if low.peak <= budget * (1 + TOLERANCE):
-            best = low if best is None or low.peak < best.peak else best
+        if low[0].peak <= budget * (1 + TOLERANCE):
+            best = low[0] if best is None or low[0].peak < best.peak else best
         elif strict or best is None:
             raise _refusal(err, budget, low, baseline_peak)
     assert best is not None

@@ -75,6 +75,9 @@ def test_out_of_work_is_an_error_naming_a_peak_it_returns() -> None:
     assert err.limit is not None and err.limit.work == 0.01 and not err.min_peak_proven
     assert "ran out of its work limit (work_limit=0.01)" in str(err)
     assert "FXOPT_WORK_LIMIT" in str(err)
+    # with the proven distance from the lowest peak any plan of those choices can reach
+    assert err.min_peak_bound_bytes is not None and 0.0 <= err.min_peak_gap < 1.0
+    assert f"{100 * err.min_peak_gap:.1f}% above the lowest any plan" in str(err)
     for asked in (err.min_peak_bytes, err.min_peak_bytes + 4096):  # no cache: found again
         plan = solve(p, asked, opts, cache_dir=None)
         validate(p, plan)

@@ -19,8 +19,7 @@ from fxopt.solver.validate import Simulation, simulate
 
 class _Callback(cp_model.CpSolverSolutionCallback):
     """Decodes and simulates every solution, keeps the best valid one (via `lazy.consider`) and
-    stops the search at the first solution that breaks a step not yet in the model (or, for a
-    search that wants any plan within the budget, at the first valid one)."""
+    stops the search at the first solution that breaks a step not yet in the model."""
 
     def __init__(self, mdl: Model, run: _LazyRun) -> None:
         super().__init__()
@@ -32,7 +31,7 @@ class _Callback(cp_model.CpSolverSolutionCallback):
         limit = self.value(self._run.peak_var) if self._run.peak_var is not None else None
         sim = self._run.consider(decisions)
         self.violated = self._run.violations(sim, limit)
-        if self.violated or (self._run.first and self._run.best is not None):
+        if self.violated:
             self.stop_search()
 
 
@@ -55,9 +54,8 @@ class LazyResult:
 
 
 class _LazyRun:
-    def __init__(self, problem: Problem, opts: SolverOptions, budget: int | None,
-                 first: bool = False) -> None:
-        self.problem, self.opts, self.budget, self.first = problem, opts, budget, first
+    def __init__(self, problem: Problem, opts: SolverOptions, budget: int | None) -> None:
+        self.problem, self.opts, self.budget = problem, opts, budget
         self.peak_var: cp_model.IntVar | None = None
         self.best: tuple[tuple[Decision, ...], Simulation] | None = None
         self.hint: tuple[tuple[Decision, ...], Simulation] | None = None
@@ -108,15 +106,14 @@ def initial_rows(problem: Problem, starts: Sequence[Simulation], budget: int | N
 
 def solve_lazy(problem: Problem, opts: SolverOptions, budget: int | None,
                starts: Sequence[tuple[Decision, ...]], work: float, deadline: float,
-               fallback: tuple[Decision, ...] | None = None, first: bool = False
-               ) -> LazyResult:
+               fallback: tuple[Decision, ...] | None = None) -> LazyResult:
     """Solve -> simulate -> add violated steps -> re-solve, within `work` deterministic seconds
     in all (NOTE [Work limit and safety net] in options.py); `deadline` (monotonic s) is the
     wall-clock safety net, and a search it stops raises SearchTimeoutError (with
     deterministic=False it is the limit instead). budget None minimises the peak instead of
     the time (for InfeasibleBudgetError). starts are hinted; fallback is only a candidate
-    answer. first: any plan within the budget will do (the search stops at the first one)."""
-    run = _LazyRun(problem, opts, budget, first)
+    answer."""
+    run = _LazyRun(problem, opts, budget)
     sims = [run.consider(d) for d in starts]
     if fallback is not None:  # a valid but poor plan: kept as the answer, never as the hint,
         run.consider(fallback, hint=False)  # since CP-SAT stays close to its hint
@@ -130,10 +127,10 @@ def solve_lazy(problem: Problem, opts: SolverOptions, budget: int | None,
         cap = budget
     add_rows(mdl, cap, initial_rows(problem, sims, budget))
     search = _Search(mdl, run, cap, work, deadline, (starts[0], sims[0]))
-    search.rounds(work if first else work * IMPROVE_SHARE, lb_search=False)
-    if not first and search.status is Status.FEASIBLE:  # not proven: the rest raises the bound
+    search.rounds(work * IMPROVE_SHARE, lb_search=False)
+    if search.status is Status.FEASIBLE:  # not proven: the rest of the work raises the bound
         search.rounds(work, lb_search=True)
-    elif not first and search.status is Status.UNKNOWN:  # no plan yet: keep looking for one
+    elif search.status is Status.UNKNOWN:  # no plan yet: keep looking for one
         search.rounds(work, lb_search=False)
     return LazyResult(run.best, search.status, search.bound, search.count, len(mdl.rows),
                       search.warnings, round(search.spent, 3))
