@@ -41,8 +41,8 @@ from fxopt.solver.validate import Simulation, keep_all, simulate, validate
 # accepts (FULL) or a few restore and prefetch points per tensor (RESTRICTED, the default on
 # real graphs). Otherwise the work limit ended the search: GREEDY when the answer is the greedy
 # plan, IMPROVED when it is better, FEASIBLE when the greedy plan found none. Plan.gap is the
-# proven distance to the bound over the same choices; a warning is added when the answer is
-# the greedy plan or more than WARN_GAP from the bound.
+# proven distance to the bound over the same choices; a warning is added when the work ended
+# the search more than WARN_GAP from the bound, or before any bound.
 LOWEST_SHARE = 0.5
 WARN_GAP = 0.01
 
@@ -238,8 +238,7 @@ def _search(problem: Problem, opts: SolverOptions, budget: int, baseline: int, t
                  res.bound, res.work, choices,
                  None if start is None else start[1].objective(opts.lowbit_penalty_us))
     gap = plan.gap
-    if status is Status.GREEDY or (status not in (Status.OPTIMAL, Status.WITHIN_GAP) and
-                                   (gap is None or gap > WARN_GAP)):
+    if status not in (Status.OPTIMAL, Status.WITHIN_GAP) and (gap is None or gap > WARN_GAP):
         warnings.append(f"the search used its work limit (work_limit={work:g}) and returns "
                         f"{plan.quality()} (objective {plan.objective_us} us, bound "
                         f"{res.bound} us); raise work_limit (FXOPT_WORK_LIMIT) for a better one")
