@@ -32,11 +32,10 @@ from fxopt.solver import (
     Kind,
     Plan,
     Problem,
-    SearchLimit,
     SearchTimeoutError,
     SolverOptions,
     keep_all,
-    min_peak,
+    lowest_peak,
     simulate,
     solve,
 )
@@ -217,18 +216,16 @@ class _Solving:
                 f + g for f, g in zip(built.problem.fixed_bytes, gaps)))
         return best, None
 
-    def lowest(self) -> tuple[_Candidate, bool]:
-        """The lowest plan (NOTE [The lowest plan]), and whether its model peak is proven
-        minimal over the choices searched."""
-        m, proven = min_peak(self.built.problem, self.solver_options)
+    def lowest(self) -> tuple[_Candidate, int]:
+        """The lowest plan (NOTE [The lowest plan]), and the bound below which no plan of the
+        choices searched peaks in the Problem's model."""
+        low = lowest_peak(self.built.problem, self.solver_options)
+        peak = low.peak_bytes
         if self.agree is not None:  # the lowest peak a search reached may differ by rank
-            m = self.agree.number(m)
-        best, _ = self.closing_loop(m)
+            peak = self.agree.number(peak)
+        best, _ = self.closing_loop(peak)
         assert best is not None  # solve() meets the peak its lowest-peak search found
-        return best, proven
-
-    def limit(self) -> SearchLimit:
-        return SearchLimit(self.solver_options.work(len(self.built.problem.candidates)))
+        return best, low.bound
 
 
 # NOTE [The lowest plan]
@@ -243,19 +240,17 @@ class Refusal(InfeasibleBudgetError):
     lowest: _Candidate
 
 
-def _refusal(solving: _Solving, err: InfeasibleBudgetError | None, budget: int,
-             low: tuple[_Candidate, bool], baseline_peak: int) -> Refusal:
-    """The refusal naming the lowest plan's peak. The work limit is named as what would help
-    wherever a search it ended could have gone lower: the solver's own refusal said so, or the
-    lowest model peak is not proven."""
+def _refusal(err: InfeasibleBudgetError | None, budget: int, low: tuple[_Candidate, int],
+             baseline_peak: int) -> Refusal:
+    """The refusal naming the lowest plan's peak, and the work limit where the solver's own
+    refusal said that the work ran out before it could tell."""
     # Only options that beat the Problem's own minimum are worth naming.
     better = {} if err is None else {
         k: v for k, v in err.alternatives.items() if v < err.min_peak_bytes}
-    cand, proven = low
-    limited = (err is not None and err.limit is not None) or not proven
+    cand, bound = low
     out = Refusal(budget, cand.peak, False, baseline_peak, better,
-                  limit=solving.limit() if limited else None,
-                  restricted=err is not None and err.restricted)
+                  limit=None if err is None else err.limit,
+                  restricted=err is not None and err.restricted, min_peak_bound=bound)
     out.lowest = cand
     return out
 
@@ -273,7 +268,7 @@ def _solve_and_apply(solving: _Solving, budget: int, *, strict: bool, baseline_p
         if low[0].peak <= budget * (1 + TOLERANCE):
             best = low[0] if best is None or low[0].peak < best.peak else best
         elif strict or best is None:
-            raise _refusal(solving, err, budget, low, baseline_peak)
+            raise _refusal(err, budget, low, baseline_peak)
     assert best is not None
     if best.peak > budget:
         best = dataclasses.replace(best, plan=best.plan.with_(warnings=best.plan.warnings + (
@@ -433,7 +428,7 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     refused: InfeasibleBudgetError | None = None
     try:
         if budget <= 0:  # the other graphs of the step leave this one nothing
-            raise _refusal(solving, None, budget, solving.lowest(), baseline.peak_bytes)
+            raise _refusal(None, budget, solving.lowest(), baseline.peak_bytes)
         cand = _solve_and_apply(solving, budget, strict=strict, baseline_peak=baseline.peak_bytes)
     except Refusal as err:
         # NOTE [Best-effort budgets]: a fraction (or no budget) never stops a run. An absolute

@@ -87,6 +87,15 @@ def test_a_search_out_of_work_is_never_a_silent_fallback():
         assert report.strategy == "fxopt plan" and report.fallback_reason is None
 
 
+def test_a_search_stopped_by_the_clock_is_an_error():
+    """The wall clock is only a safety net: a search it stops would give a plan that depends
+    on the machine, so the compile fails loudly, naming both limits."""
+    with pytest.raises(fxopt.solver.SearchTimeoutError, match="time_limit_s.*work_limit") as info:
+        fxopt.explain(mlp(), torch.randn(256, 64), budget=0.5, work_limit=100.0,
+                      time_limit_s=1e-3)
+    assert info.value.report.error.startswith("SearchTimeoutError")
+
+
 def test_unreachable_fraction_plans_the_smallest_peak_with_a_warning(caplog):
     """A fraction is best effort: never an error, the smallest reachable plan and a warning."""
     with caplog.at_level("WARNING", logger="fxopt"):

@@ -75,19 +75,23 @@ def test_out_of_work_is_an_error_naming_a_peak_it_returns() -> None:
     assert err.limit is not None and err.limit.work == 0.01 and not err.min_peak_proven
     assert "ran out of its work limit (work_limit=0.01)" in str(err)
     assert "FXOPT_WORK_LIMIT" in str(err)
+    # with the proven distance from the lowest peak any plan of those choices can reach
+    assert err.min_peak_bound_bytes is not None and 0.0 <= err.min_peak_gap < 1.0
+    assert f"{100 * err.min_peak_gap:.1f}% above the lowest any plan" in str(err)
     for asked in (err.min_peak_bytes, err.min_peak_bytes + 4096):  # no cache: found again
         plan = solve(p, asked, opts, cache_dir=None)
         validate(p, plan)
         assert plan.peak_bytes <= asked
-    # with the work to prove it, the minimum is proven and the message says so
+    # with more work: a budget below what every plan holds is proven unreachable, and the
+    # minimum named is as low or lower, proven or said not to be, and met when asked for
+    more_work = SolverOptions(work_limit=20.0)
     with pytest.raises(InfeasibleBudgetError) as info:
-        solve(p, 0.2, SolverOptions(work_limit=20.0), cache_dir=None)
-    proven = info.value
-    assert proven.limit is None and proven.min_peak_proven and proven.restricted
-    assert proven.min_peak_bytes <= err.min_peak_bytes
-    assert "minimal over the restricted choices searched" in str(proven)
-    assert solve(p, proven.min_peak_bytes, SolverOptions(work_limit=20.0),
-                 cache_dir=None).peak_bytes <= proven.min_peak_bytes
+        solve(p, 0.2, more_work, cache_dir=None)
+    more = info.value
+    assert more.limit is None and more.min_peak_bytes <= err.min_peak_bytes
+    assert ("not proven minimal" in str(more)) != more.min_peak_proven
+    assert solve(p, more.min_peak_bytes, more_work, cache_dir=None).peak_bytes <= \
+        more.min_peak_bytes
 
 
 def test_status_says_which_plan_and_over_which_choices() -> None:

@@ -84,5 +84,6 @@ def _outcome(found: Plan | Exception) -> tuple[str, Any]:
     if isinstance(found, InfeasibleBudgetError):
         return "infeasible", ((found.budget_bytes, found.min_peak_bytes, found.min_peak_proven,
                                found.baseline_peak_bytes, found.alternatives, found.context),
-                              {"limit": found.limit, "restricted": found.restricted})
+                              {"limit": found.limit, "restricted": found.restricted,
+                               "min_peak_bound": found.min_peak_bound_bytes})
     return "none", None

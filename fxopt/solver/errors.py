@@ -33,11 +33,15 @@ class InfeasibleBudgetError(ValueError):
     unreachable (the budget may be reachable with more work); None when it proved it.
     restricted: the choices searched were restricted (fxopt.plan.Choices), so a proof holds
     over those choices.
+    min_peak_bound_bytes: no plan over the choices searched peaks lower (None: not known), so
+    min_peak_gap = (min_peak - bound) / min_peak is how far the named peak may be from the
+    lowest one.
     """
 
     def __init__(self, budget_bytes: int, min_peak_bytes: int, min_peak_proven: bool,
                  baseline_peak_bytes: int, alternatives: dict[str, int], context: str = "",
-                 *, limit: SearchLimit | None = None, restricted: bool = False) -> None:
+                 *, limit: SearchLimit | None = None, restricted: bool = False,
+                 min_peak_bound: int | None = None) -> None:
         self.budget_bytes = budget_bytes
         self.min_peak_bytes = min_peak_bytes
         self.min_peak_proven = min_peak_proven
@@ -46,6 +50,7 @@ class InfeasibleBudgetError(ValueError):
         self.context = context
         self.limit = limit
         self.restricted = restricted
+        self.min_peak_bound_bytes = min_peak_bound
         why = f" ({context})" if context else ""
         if min_peak_proven:
             qualifier = " (minimal over the restricted choices searched)" if restricted else ""
@@ -59,11 +64,18 @@ class InfeasibleBudgetError(ValueError):
                     f"asked for that budget; keeping everything peaks at "
                     f"{_mib(baseline_peak_bytes)}.")
         else:
-            head = (f"memory budget {_mib(budget_bytes)} ({budget_bytes} B) cannot be met{why}: "
-                    f"the smallest reachable peak{qualifier} is {_mib(min_peak_bytes)} "
+            searched = " by the choices searched" if restricted else ""
+            head = (f"memory budget {_mib(budget_bytes)} ({budget_bytes} B) cannot be met"
+                    f"{searched}{why}: the smallest reachable peak{qualifier} is "
+                    f"{_mib(min_peak_bytes)} "
                     f"({min_peak_bytes} B); keeping everything peaks at "
                     f"{_mib(baseline_peak_bytes)}.")
         lines = [head]
+        gap = self.min_peak_gap
+        if gap is not None and not min_peak_proven and min_peak_bound is not None:
+            lines.append(f"That peak is at most {100 * gap:.1f}% above the lowest any plan "
+                         f"{'of the choices searched ' if restricted else ''}can reach "
+                         f"({_mib(min_peak_bound)}).")
         better = {k: v for k, v in self.alternatives.items() if v < min_peak_bytes}
         fix = f"Raise the budget to at least {min_peak_bytes} B"
         if better:
@@ -76,13 +88,20 @@ class InfeasibleBudgetError(ValueError):
         lines.append(fix + ".")
         super().__init__(" ".join(lines))
 
+    @property
+    def min_peak_gap(self) -> float | None:
+        if self.min_peak_bound_bytes is None or self.min_peak_bytes <= 0:
+            return None
+        return max(self.min_peak_bytes - self.min_peak_bound_bytes, 0) / self.min_peak_bytes
+
     def shifted(self, held: int, budget_bytes: int, context: str) -> InfeasibleBudgetError:
         """The same finding for a larger whole (a training step) that holds `held` bytes more
         at this graph's peak and asked for `budget_bytes`."""
         return InfeasibleBudgetError(
             budget_bytes, held + self.min_peak_bytes, False, held + self.baseline_peak_bytes,
             {k: held + v for k, v in self.alternatives.items()}, context, limit=self.limit,
-            restricted=self.restricted)
+            restricted=self.restricted, min_peak_bound=None if self.min_peak_bound_bytes is None
+            else held + self.min_peak_bound_bytes)
 
 
 class SearchTimeoutError(RuntimeError):

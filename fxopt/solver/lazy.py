@@ -227,6 +227,7 @@ def _timeout(opts: SolverOptions, work: float, spent: float, run: _LazyRun
     limit = "time_limit_s" if opts.time_limit_s is not None else "the automatic time_limit_s"
     return SearchTimeoutError(
         f"the planner's wall-clock safety net ({limit}) stopped the search after "
-        f"{spent:.2f} of its {work:g} deterministic seconds of work (work_limit){best}. A plan "
+        f"{spent:.2f} of the {work:g} deterministic seconds of work it was given (from "
+        f"work_limit){best}. A plan "
         "cut short by the clock depends on this machine's speed and load, so none is returned: "
         "raise time_limit_s (FXOPT_TIME_LIMIT) or lower work_limit (FXOPT_WORK_LIMIT).")

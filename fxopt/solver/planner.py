@@ -26,9 +26,10 @@ from fxopt.solver.validate import Simulation, keep_all, simulate, validate
 #    (NOTE [Work limit and safety net] in options.py). The answer is the best plan the
 #    validator accepted, with its status (NOTE [Statuses]).
 # 4. No plan within the budget: the lowest-peak search (LOWEST_SHARE of the work, the same
-#    work whatever the budget, so the same plan) decides. CP-SAT proved no choice fits, or the
-#    lowest peak found is above the budget: InfeasibleBudgetError naming that peak, with `limit`
-#    set when the work ran out before a proof, and the peaks reachable with offload / low-bit
+#    work whatever the budget, so the same plan) decides, even where CP-SAT proved that no
+#    choice of its restricted model fits (the lowest plan may lie outside it). The lowest peak
+#    found is above the budget: InfeasibleBudgetError naming that peak, with `limit` set when
+#    the work ran out before a proof, and the peaks reachable with offload / low-bit
 #    turned on where they are off (the other half of the work, shared). The peak an error
 #    names is that of a plan fxopt found: asked for exactly that budget (or more), the search
 #    either finds a plan or ends in the same lowest-peak search, whose plan then fits.
@@ -40,8 +41,8 @@ from fxopt.solver.validate import Simulation, keep_all, simulate, validate
 # accepts (FULL) or a few restore and prefetch points per tensor (RESTRICTED, the default on
 # real graphs). Otherwise the work limit ended the search: GREEDY when the answer is the greedy
 # plan, IMPROVED when it is better, FEASIBLE when the greedy plan found none. Plan.gap is the
-# proven distance to the bound over the same choices; a warning is added when the answer is
-# the greedy plan or more than WARN_GAP from the bound.
+# proven distance to the bound over the same choices; a warning is added when the work ended
+# the search more than WARN_GAP from the bound, or before any bound.
 LOWEST_SHARE = 0.5
 WARN_GAP = 0.01
 
@@ -66,27 +67,82 @@ class Lowest:
     sim: Simulation
     proven: bool  # no plan over the choices searched peaks lower
     work: float
+    bound: int  # no plan over the choices searched peaks lower than this (NOTE [Lowest peak])
 
     @property
     def peak_bytes(self) -> int:
         return self.sim.peak_bytes
 
 
+# NOTE [Lowest peak]
+# The model that minimises the peak itself has almost no linear relaxation (recomputing costs
+# nothing there, so its LP recomputes everything, fractionally), so it moves little from the
+# plan it starts from, and the greedy planner's lowest plan with low-bit storage allowed can be
+# poor: low-bit copies it picks early block the recomputations that would go lower (0.51 of
+# keep-everything on a 48-layer GPT, against 0.19 with recomputation alone). So the start is
+# the lower of the greedy planner's lowest plans with the choices allowed and with
+# recomputation alone, lowered by bisection with the greedy planner at fixed budgets (PROBES
+# of them, between that plan's peak and a lower bound: at every step, the fixed memory, the
+# tensors in their forward life and those read there in the backward, none of which any
+# decision frees); the work goes to the peak-minimising model hinted with it (on small
+# Problems that proves the minimum at once). Every step is deterministic. The bound an error
+# states beside the peak is the higher of that lower bound and the model's (over the choices
+# searched). Measured on the GPTs of benchmarks/bench_planner.py (fp8 allowed): 0.35 of
+# keep-everything for 12 layers, 0.19 for 48 (where the greedy start with fp8 alone gave 0.51).
+# The model is erratic: on 12 layers it stays at the recomputation-only start (0.35), while
+# from the fp8 greedy start (0.60) it reaches 0.32 with 2 units of work and stays put with 1.
+# Tried and dropped: probes by CP-SAT's cheapest-plan search (on 48 layers each one's share of
+# the work went to presolve) and the model from both starts with half the work each (no lower
+# on either GPT).
+PROBES = 6
+
+
+def peak_lower_bound(problem: Problem) -> int:
+    """A peak no plan goes below (NOTE [Lowest peak])."""
+    delta = [0] * (problem.num_steps + 1)
+    for c in problem.candidates:
+        delta[c.produced] += c.bytes
+        delta[c.last_fwd_use + 1] -= c.bytes
+        for s in c.bwd_uses:
+            delta[s] += c.bytes
+            delta[s + 1] -= c.bytes
+    live, best = 0, 0
+    for s in range(problem.num_steps):
+        live += delta[s]
+        best = max(best, problem.fixed_bytes[s] + live)
+    return best
+
+
 def lowest_peak(problem: Problem, opts: SolverOptions, work: float | None = None,
                 deadline: float | None = None) -> Lowest:
     """The plan with the smallest peak found with the choices `opts` allows, within `work`
-    (default: LOWEST_SHARE of the Problem's work limit, what an InfeasibleBudgetError gets)."""
+    (default: LOWEST_SHARE of the Problem's work limit, what an InfeasibleBudgetError gets);
+    NOTE [Lowest peak]."""
     work = LOWEST_SHARE * opts.work(len(problem.candidates)) if work is None else work
     if deadline is None:
         deadline = time.monotonic() + opts.wall_limit_s(work)
-    start = greedy(problem, 0, opts, best_effort=True)
-    assert start is not None
-    res = solve_lazy(problem, opts, None, [start[0]], work, deadline)
-    assert res.best is not None  # the greedy start is always valid
+    recompute_only = SolverOptions(**{**vars(opts), "allow_offload": False,
+                                      "allow_lowbit": None})
+    starts = [greedy(problem, 0, o, best_effort=True) for o in (opts, recompute_only)]
+    best = min((s for s in starts if s is not None), key=lambda s: s[1].peak_bytes)
+    lower = peak_lower_bound(problem)
+    lo, hi = lower, best[1].peak_bytes - 1
+    for _ in range(PROBES):
+        if lo > hi:
+            break
+        mid = (lo + hi) // 2
+        found = greedy(problem, mid, opts)
+        if found is not None:
+            best, hi = found, found[1].peak_bytes - 1
+        else:
+            lo = mid + 1
+    res = solve_lazy(problem, opts, None, [best[0]], work, deadline)
+    assert res.best is not None  # the start is always valid
     decisions, sim = res.best
-    proven = res.status == Status.OPTIMAL or (res.bound is not None and
-                                              res.bound >= sim.peak_bytes)
-    return Lowest(tuple(decisions), sim, proven, res.work)
+    bound = max(lower, res.bound or 0)
+    proven = bound >= sim.peak_bytes
+    return Lowest(tuple(decisions), sim, proven, res.work,
+                  sim.peak_bytes if proven else bound)
 
 
 def min_peak(problem: Problem, opts: SolverOptions, work: float | None = None
@@ -120,7 +176,7 @@ def _infeasible(problem: Problem, opts: SolverOptions, budget: int, baseline: in
     limit = SearchLimit(work) if limited and not low.proven else None
     return InfeasibleBudgetError(
         budget, peak, low.proven, baseline, alternatives, limit=limit,
-        restricted=choice_set(problem, opts) is Choices.RESTRICTED)
+        restricted=choice_set(problem, opts) is Choices.RESTRICTED, min_peak_bound=low.bound)
 
 
 def solve(problem: Problem, budget: float | int, options: SolverOptions | None = None,
@@ -153,6 +209,10 @@ def _search(problem: Problem, opts: SolverOptions, budget: int, baseline: int, t
             cache: PlanCache | None) -> Plan:
     work = opts.work(len(problem.candidates))
     deadline = t0 + opts.wall_limit_s(work)
+    if budget < peak_lower_bound(problem):  # below what every plan holds: nothing to search
+        low = lowest_peak(problem, opts, LOWEST_SHARE * work, deadline)
+        raise _infeasible(problem, opts, budget, baseline, cache, t0, low, work, deadline,
+                          limited=False)
     start = greedy(problem, budget, opts, storage_pass=False)
     fallback = None
     if start is None and (opts.allow_offload or opts.allow_lowbit):
@@ -163,7 +223,9 @@ def _search(problem: Problem, opts: SolverOptions, budget: int, baseline: int, t
     choices = choice_set(problem, opts)
     if res.best is None:
         low = lowest_peak(problem, opts, LOWEST_SHARE * work, deadline)
-        if res.status == Status.INFEASIBLE or low.peak_bytes > budget:
+        # A proof over the restricted choices does not cover the lowest plan, which may lie
+        # outside them (a long recomputation chain): where it fits, it is the answer.
+        if low.peak_bytes > budget:
             raise _infeasible(problem, opts, budget, baseline, cache, t0, low, work, deadline,
                               limited=res.status != Status.INFEASIBLE)
         return _plan(problem, low.decisions, low.sim, budget, baseline, Status.LOWEST_PEAK, t0,
@@ -177,8 +239,7 @@ def _search(problem: Problem, opts: SolverOptions, budget: int, baseline: int, t
                  res.bound, res.work, choices,
                  None if start is None else start[1].objective(opts.lowbit_penalty_us))
     gap = plan.gap
-    if status is Status.GREEDY or (status not in (Status.OPTIMAL, Status.WITHIN_GAP) and
-                                   (gap is None or gap > WARN_GAP)):
+    if status not in (Status.OPTIMAL, Status.WITHIN_GAP) and (gap is None or gap > WARN_GAP):
         warnings.append(f"the search used its work limit (work_limit={work:g}) and returns "
                         f"{plan.quality()} (objective {plan.objective_us} us, bound "
                         f"{res.bound} us); raise work_limit (FXOPT_WORK_LIMIT) for a better one")
