@@ -9,6 +9,7 @@ import pytest
 
 import fxopt.solver.planner as solve_module
 from benchmarks.synthetic import GPTShape, gpt_problem
+from fxopt.plan import LowbitFormat
 from fxopt.solver import (
     Candidate,
     Decision,
@@ -137,6 +138,23 @@ def test_infeasible_never_names_offload_where_there_is_none() -> None:
         solve(tight_problem(), 120, opts, cache_dir=None)
     assert set(info.value.alternatives) == {"lowbit='fp8'"}
     assert "offload" not in str(info.value)
+
+
+def test_infeasible_under_int8_names_fp8_where_it_stores_more() -> None:
+    """a is compared with zero in backward: int8 may not store it, fp8 may, and reaches lower."""
+    p = tight_problem()
+    a = Candidate(**{**vars(p.candidates[0]), "lowbit_formats": (LowbitFormat.FP8,)})
+    compared = Problem(6, 3, p.fixed_bytes, p.step_us, (a, p.candidates[1]))
+    opts = SolverOptions(time_limit_s=10.0, allow_lowbit="int8", offload_available=False)
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve(compared, 120, opts, cache_dir=None)
+    assert info.value.min_peak_bytes == 150  # b shrinks only after the peak at step 2
+    assert info.value.alternatives == {"lowbit='fp8'": 100}
+    assert "lowbit='fp8' reaches" in str(info.value)
+    # Where int8 may store everything fp8 may, fp8 is not searched.
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve(p, 50, opts, cache_dir=None)
+    assert not info.value.alternatives
 
 
 def test_keep_all_when_the_budget_allows() -> None:

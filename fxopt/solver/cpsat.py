@@ -96,7 +96,7 @@ def choice_set(problem: Problem, opts: SolverOptions) -> Choices:
         for c in problem.candidates:
             if c.bwd_uses and c.copy_us > 0:
                 steps = {problem.anchor(s) for s in range(F, c.bwd_uses[0] + 1)}
-                kinds = [False] + ([True] if opts.allow_lowbit and c.lowbit_bytes else [])
+                kinds = [False] + ([True] if c.stores_lowbit(opts.allow_lowbit) else [])
                 if any(set(prefetch_points(problem, c, lb, opts.prefetch_points)) != steps
                        for lb in kinds):
                     return Choices.RESTRICTED
@@ -123,14 +123,14 @@ def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> M
                 v = m.new_bool_var(f"rec{i}_{k}")
                 ch.append((Kind.RECOMPUTE, k, v))
                 obj.append((v, c.recompute_us))
-        if c.bwd_uses and opts.allow_lowbit and c.lowbit_bytes > 0:
+        if c.bwd_uses and c.stores_lowbit(opts.allow_lowbit):
             for k in pts[i]:
                 v = m.new_bool_var(f"lb{i}_{k}")
                 ch.append((Kind.LOWBIT, k, v))
                 obj.append((v, c.cast_us + opts.lowbit_penalty_us))
         if c.bwd_uses and opts.allow_offload and c.copy_us > 0:
             kinds = [Kind.OFFLOAD]
-            if opts.allow_lowbit and c.lowbit_bytes > 0:
+            if c.stores_lowbit(opts.allow_lowbit):
                 kinds.append(Kind.LOWBIT_OFFLOAD)
             for kind in kinds:
                 lb = kind is Kind.LOWBIT_OFFLOAD

@@ -165,7 +165,10 @@ def _infeasible(problem: Problem, opts: SolverOptions, budget: int, baseline: in
     fp8 = LowbitFormat.FP8
     if not opts.allow_offload and opts.offload_available:
         variants.append(("offload=True", SolverOptions(**{**vars(opts), "allow_offload": True})))
-    if opts.allow_lowbit is None:
+    # fp8 may store tensors that int8 may not (NOTE [Comparisons and int8] in lowbit_rules.py)
+    if opts.allow_lowbit is None or (opts.allow_lowbit is not fp8 and any(
+            c.stores_lowbit(fp8) and not c.stores_lowbit(opts.allow_lowbit)
+            for c in problem.candidates)):
         variants.append(("lowbit='fp8'", SolverOptions(**{**vars(opts), "allow_lowbit": fp8})))
     if len(variants) == 2:
         both = SolverOptions(**{**vars(opts), "allow_offload": True, "allow_lowbit": fp8})
