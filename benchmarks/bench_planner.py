@@ -1,16 +1,22 @@
 """The planner on real traced graphs: speed at scale, and fxopt against PyTorch's knapsack.
 
-    python -m benchmarks.bench_planner            # 12 + 48 layers, and the knapsack comparison
+    python -m benchmarks.bench_planner            # 12, 48, 96 layers and the knapsack comparison
     python -m benchmarks.bench_planner --quick    # 12 layers and the knapsack comparison, no CSV
     python -m benchmarks.bench_planner --skip-knapsack --layers 12
 
 Scale (benchmarks/results/planner.csv): GPT-like models built on the meta device (d=768,
 seq 1024, batch 8, 12 heads, vocab 50304, no dropout), traced on fake tensors, planned with the
-h100 cost profile at several budget fractions and at the smallest feasible budget (found from
-the `InfeasibleBudgetError` of a 1% budget). Per row: status, the solver's own time
-(`plan.solve_seconds`), the stages of `fxopt.explain` (trace, PyTorch's default partition, cost
-models, solve, passes, check), the Problem's size and CP-SAT's optimality gap
-(extra_time_us - objective_bound_us) / extra_time_us.
+h100 cost profile (offload allowed) and fp8 low-bit storage allowed, at several budget
+fractions and at the smallest feasible budget (the peak the `InfeasibleBudgetError` of a size
+of 1% of keep-everything names: asking for it must give a plan). The solver's work limit is
+its default, which grows with the graph (NOTE [Work limit and safety net] in
+fxopt/solver/options.py). Per row: the plan's status and what it means (`Plan.quality()`: the
+greedy plan or an improved one, optimal or how far from the bound, over which choice set), the
+proven gap (objective - bound) / objective, the greedy plan's objective, the work spent, the
+solver's own time (`plan.solve_seconds`, the last solve of the closing loop), the stages of
+`fxopt.explain` (trace, PyTorch's default partition, cost models, every solve with the passes
+and checks), the Problem's size, and the plan's hash from `--repeat` runs, each in a fresh
+plan cache (the search stops on deterministic work, so they must agree).
 
 Knapsack (benchmarks/results/planner_vs_knapsack.csv): for the example GPT and FNO, PyTorch's
 `min_cut_rematerialization_partition` with `activation_memory_budget = f` for several f; its
@@ -26,7 +32,8 @@ fxopt's own estimate (`plan.extra_time_us`, per fused kernel) is reported beside
 Each model is traced once: every planning run of that model is `fxopt.partition.partition_joint`
 (what `fxopt.explain` calls) on a copy of the same joint graph, inside the trace's partition hook,
 so the trace time is reported once per model. The plan cache is pointed at an empty temporary
-folder, so every solve is cold. Timings on a shared 2-core machine are noisy.
+folder for every run, so every solve is cold. Timings on a shared 2-core machine are noisy; the
+work spent and the plans are not.
 """
 
 from __future__ import annotations
@@ -49,7 +56,8 @@ from benchmarks.csv_out import write_csv
 
 RESULTS = Path(__file__).parent / "results"
 GIB, MIB = 2**30, 2**20
-FRACTIONS = (0.8, 0.6, 0.5)
+FRACTIONS = (0.8, 0.6, 0.5, 0.4)
+LOWBIT = "fp8"
 KNAPSACK_BUDGETS = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
 PROFILE = "h100"
 
@@ -87,12 +95,14 @@ def with_joint(model: nn.Module, inputs: tuple[Any, ...], fn: JointFn) -> Traced
 
 
 def plan_copy(gm: fx.GraphModule, joint_inputs: Any, kwargs: dict[str, Any], budget: float | int,
-              time_limit_s: float) -> tuple[Any, float]:
-    """(fxopt's Report for `budget`, wall seconds of partition_joint) on a copy of `gm`."""
-    from fxopt.config import Options
+              lowbit: str | None = None) -> tuple[Any, float]:
+    """(fxopt's Report for `budget`, wall seconds of partition_joint) on a copy of `gm`, with a
+    cold plan cache."""
+    from fxopt.config import CACHE_ENV, Options
     from fxopt.partition import copy_graph, partition_joint
 
-    opts = Options(budget=budget, device=PROFILE, time_limit_s=time_limit_s)
+    os.environ[CACHE_ENV] = tempfile.mkdtemp(prefix="fxopt-bench-cache-")
+    opts = Options(budget=budget, device=PROFILE, lowbit=lowbit)
     t0 = time.perf_counter()
     _, _, report = partition_joint(copy_graph(gm), joint_inputs, opts, **kwargs)
     return report, time.perf_counter() - t0
@@ -114,7 +124,9 @@ def _stage(report: Any, name: str) -> float:
     return round(sum(s.seconds for s in report.stages if s.name == name), 2)
 
 
-def scale_row(layers: int, label: str, report: Any, wall_s: float, trace_s: float) -> dict:
+def scale_row(layers: int, label: str, reports: list[Any], walls: list[float],
+              trace_s: float) -> dict:
+    report, wall_s = reports[0], walls[0]
     plan, problem = report.plan, report.problem
     row: dict[str, object] = {
         "layers": layers, "budget": label,
@@ -126,44 +138,57 @@ def scale_row(layers: int, label: str, report: Any, wall_s: float, trace_s: floa
     if plan is None:
         row.update(status=f"FALLBACK ({report.fallback_reason})")
         return row
-    bound = plan.objective_bound_us
-    gap = "" if bound is None or plan.extra_time_us <= 0 else \
-        round(100 * max(plan.extra_time_us - bound, 0) / plan.extra_time_us, 2)
+    gap = plan.gap
+    hashes = [r.plan.content_hash if r.plan is not None else "none" for r in reports]
     row.update(
-        status=plan.status, peak_gib=round(report.peak_bytes / GIB, 3),
-        solve_s=plan.solve_seconds, explain_s=round(trace_s + wall_s, 2), trace_s=round(trace_s, 2),
+        status=plan.status, gap_pct="" if gap is None else round(100 * gap, 2),
+        quality=plan.quality(), peak_gib=round(report.peak_bytes / GIB, 3),
+        objective_us=plan.objective_us, bound_us=plan.objective_bound_us
+        if plan.objective_bound_us is not None else "",
+        greedy_us=plan.greedy_objective_us if plan.greedy_objective_us is not None else "",
+        work=plan.work, solve_s=plan.solve_seconds,
+        solve_passes_check_s=_stage(report, "solve, passes and check"),
+        explain_s=round(trace_s + wall_s, 2), trace_s=round(trace_s, 2),
         pytorch_partition_s=_stage(report, "PyTorch partition"),
-        cost_models_s=_stage(report, "cost models"), solve_stage_s=_stage(report, "solve"),
-        passes_s=_stage(report, "passes"), check_s=_stage(report, "check"),
+        cost_models_s=_stage(report, "cost models"),
         candidates=len(problem.candidates), steps=problem.num_steps,
-        recompute=plan.counts()["recompute"], extra_time_us=plan.extra_time_us,
-        bound_us="" if bound is None else bound, gap_pct=gap)
+        recompute=plan.counts()["recompute"], lowbit=plan.counts()["lowbit"],
+        offload=plan.counts()["offload"] + plan.counts()["lowbit_offload"],
+        extra_time_us=plan.extra_time_us, plan_hash=hashes[0][:12],
+        runs=len(hashes), same_hash=len(set(hashes)) == 1,
+        explain_s_runs=" ".join(f"{trace_s + w:.1f}" for w in walls))
     return row
 
 
-def run_scale(layers: int, time_limit_s: float, fractions: tuple[float, ...]) -> list[dict]:
+def run_scale(layers: int, fractions: tuple[float, ...], repeat: int) -> list[dict]:
     from fxopt.solver import InfeasibleBudgetError
 
     model, inputs = gpt_meta(layers)
-    found: list[tuple[str, Any, float]] = []
+    found: list[tuple[str, list[Any], list[float]]] = []
 
     def plan_all(gm: fx.GraphModule, joint_inputs: Any, kwargs: dict[str, Any]) -> None:
+        def runs(budget: float | int) -> tuple[list[Any], list[float]]:
+            out = [plan_copy(gm, joint_inputs, kwargs, budget, LOWBIT) for _ in range(repeat)]
+            return [r for r, _ in out], [w for _, w in out]
+
         for f in fractions:
-            report, wall = plan_copy(gm, joint_inputs, kwargs, f, time_limit_s)
-            found.append((str(f), report, wall))
-            print(f"  {layers} layers, budget {f}: {report.status} in {wall:.1f} s", flush=True)
+            reports, walls = runs(f)
+            found.append((str(f), reports, walls))
+            print(f"  {layers} layers, budget {f}: {reports[0].plan.quality()} in "
+                  f"{' / '.join(f'{w:.1f}' for w in walls)} s", flush=True)
+        tiny = int(0.01 * found[-1][1][0].baseline_peak_bytes)  # a size: refused, not met
         try:
-            plan_copy(gm, joint_inputs, kwargs, 0.01, time_limit_s)
+            plan_copy(gm, joint_inputs, kwargs, tiny, LOWBIT)
         except InfeasibleBudgetError as err:
             proven = "proven" if err.min_peak_proven else "not proven"
-            report, wall = plan_copy(gm, joint_inputs, kwargs, err.min_peak_bytes, time_limit_s)
+            reports, walls = runs(err.min_peak_bytes)
             found.append((f"min {err.min_peak_bytes / err.baseline_peak_bytes:.3f} ({proven})",
-                          report, wall))
+                          reports, walls))
             print(f"  {layers} layers, smallest feasible {err.min_peak_bytes / GIB:.3f} GiB "
-                  f"({proven}): {report.status} in {wall:.1f} s", flush=True)
+                  f"({proven}): {reports[0].plan.quality()} in {walls[0]:.1f} s", flush=True)
 
     traced = with_joint(model, inputs, plan_all)
-    return [scale_row(layers, label, r, wall, traced.seconds) for label, r, wall in found]
+    return [scale_row(layers, label, r, w, traced.seconds) for label, r, w in found]
 
 
 # --------------------------------------------------------------------------- knapsack
@@ -214,8 +239,7 @@ def true_peak(fwd: fx.GraphModule, bwd: fx.GraphModule) -> int:
                               GraphView.from_fx(bwd, side=Side.BWD)).peak_bytes
 
 
-def run_knapsack(name: str, model: nn.Module, inputs: tuple[Any, ...], time_limit_s: float
-                 ) -> list[dict]:
+def run_knapsack(name: str, model: nn.Module, inputs: tuple[Any, ...]) -> list[dict]:
     from torch._functorch import config as functorch_config
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
@@ -239,7 +263,7 @@ def run_knapsack(name: str, model: nn.Module, inputs: tuple[Any, ...], time_limi
                 "pytorch_recompute_us": recompute_us(compute_names(fwd), bwd),
                 "pytorch_bwd_fwdnodes_us": recompute_us(joint_fwd, bwd)}
             try:
-                report, _ = plan_copy(gm, joint_inputs, kwargs, int(peak), time_limit_s)
+                report, _ = plan_copy(gm, joint_inputs, kwargs, int(peak))
             except InfeasibleBudgetError as err:
                 row.update(fxopt_status="INFEASIBLE",
                            fxopt_peak_mib=f"min {err.min_peak_bytes / MIB:.2f}")
@@ -289,10 +313,11 @@ def main() -> None:
     ap.add_argument("--budgets", type=float, nargs="+", default=list(FRACTIONS))
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--skip-knapsack", action="store_true")
-    ap.add_argument("--knapsack-time-limit", type=float, default=10.0)
+    ap.add_argument("--repeat", type=int, default=2,
+                    help="plan every row this many times, each with a cold plan cache")
     ap.add_argument("--out-dir", type=Path, default=None, help=f"default: {RESULTS}")
     args = ap.parse_args()
-    layers = args.layers or ([12] if args.quick else [12, 48])
+    layers = args.layers or ([12] if args.quick else [12, 48, 96])
     out_dir = args.out_dir or (None if args.quick else RESULTS)
     # A cold plan cache for every solve: the cache lives under ~/.cache/fxopt.
     os.environ["HOME"] = tempfile.mkdtemp(prefix="fxopt-bench-")
@@ -300,12 +325,12 @@ def main() -> None:
     if not args.skip_scale:
         rows = []
         for n in layers:
-            rows += run_scale(n, 10.0 if n <= 12 else 60.0, tuple(args.budgets))
+            rows += run_scale(n, tuple(args.budgets), args.repeat)
         write(rows, out_dir / "planner.csv" if out_dir else None)
     if not args.skip_knapsack:
         rows = []
         for name, (model, inputs) in knapsack_models().items():
-            rows += run_knapsack(name, model, inputs, args.knapsack_time_limit)
+            rows += run_knapsack(name, model, inputs)
         write(rows, out_dir / "planner_vs_knapsack.csv" if out_dir else None)
 
 

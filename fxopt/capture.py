@@ -173,10 +173,10 @@ def _no_real_tensors(mode: Any) -> Iterator[None]:
     try:
         yield
     except BackendCompilerFailed as err:
-        # An error of fxopt's own (an unreachable absolute budget, bad options) is raised as
-        # itself, not inside Dynamo's wrapper.
+        # An error of fxopt's own (an unreachable absolute budget, bad options, a search the
+        # wall-clock safety net stopped) is raised as itself, not inside Dynamo's wrapper.
         inner = getattr(err, "inner_exception", None)
-        if isinstance(inner, (ValueError, TypeError)) and \
+        if isinstance(inner, (ValueError, TypeError, RuntimeError)) and \
                 type(inner).__module__.startswith("fxopt"):
             raise inner from None
         raise

@@ -148,7 +148,12 @@ class Options:
         partition, at the least time.
     offload: allow CPU offload of saved tensors on CUDA (NOTE [Offload is opt-in]). None: off.
     lowbit: allow low-bit storage of saved tensors (None, 'fp8' or 'int8'); changes numerics.
-    time_limit_s: solver time limit per graph.
+    work_limit: the planner's deterministic work per graph (CP-SAT's deterministic seconds, about
+        a second of one unloaded core each); None: grows with the graph. The search stops on
+        it, so the same graph and options give the same plan on any machine and rank.
+    time_limit_s: the planner's wall-clock safety net per graph; a search it stops raises
+        fxopt.solver.SearchTimeoutError instead of returning a plan that depends on the
+        machine. None: 20 times the work limit, at least 60 s.
     device: cost profile ('auto', 'h100', 'h200', 'a100', 'cpu').
     debug: log one line per compiled graph on the 'fxopt' logger.
     dump_dir: write every stage of every compile into this folder.
@@ -164,7 +169,8 @@ class Options:
     budget: Budget | None = None
     offload: bool | None = None
     lowbit: LowbitFormat | None = None
-    time_limit_s: float = 10.0
+    work_limit: float | None = None
+    time_limit_s: float | None = None
     device: DeviceProfile = DeviceProfile.AUTO
     debug: bool = False
     dump_dir: str | None = None
@@ -182,10 +188,15 @@ class Options:
             raise OptionsError(f"offload={self.offload!r} must be True, False or None (auto)")
         if not isinstance(self.debug, bool):
             raise OptionsError(f"debug={self.debug!r} must be True or False")
-        if isinstance(self.time_limit_s, bool) or not isinstance(self.time_limit_s, (int, float)) \
-                or not (0 < self.time_limit_s < math.inf):
-            raise OptionsError(f"time_limit_s={self.time_limit_s!r} must be a positive number")
-        object.__setattr__(self, "time_limit_s", float(self.time_limit_s))
+        for name in ("work_limit", "time_limit_s"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not (0 < value < math.inf):
+                raise OptionsError(f"{name}={value!r} must be a positive number or None "
+                                   "(automatic)")
+            object.__setattr__(self, name, float(value))
         if self.dump_dir is not None:
             object.__setattr__(self, "dump_dir", os.fspath(self.dump_dir))
         if isinstance(self.in_flight, bool) or not isinstance(self.in_flight, int) \
@@ -254,13 +265,16 @@ def _parse_lowbit(raw: str) -> LowbitFormat | None:
     return _enum_value(LowbitFormat, value, "lowbit")
 
 
-def _parse_time_limit(raw: str) -> float:
+def _parse_seconds(raw: str) -> float | None:
+    if raw.strip().lower() == "auto":
+        return None
     try:
         value = float(raw)
     except ValueError as err:
-        raise OptionsError(f"{raw!r} is not a number; use seconds such as 10 or 2.5") from err
+        raise OptionsError(f"{raw!r} is not a number; use seconds such as 10 or 2.5, or "
+                           "auto") from err
     if not (0 < value < math.inf):
-        raise OptionsError(f"{raw!r} must be positive; use seconds such as 10 or 2.5")
+        raise OptionsError(f"{raw!r} must be positive; use seconds such as 10 or 2.5, or auto")
     return value
 
 
@@ -268,7 +282,8 @@ _ENV_VARS: dict[str, tuple[str, Any]] = {
     "FXOPT_BUDGET": ("budget", parse_budget),
     "FXOPT_OFFLOAD": ("offload", _parse_offload),
     "FXOPT_LOWBIT": ("lowbit", _parse_lowbit),
-    "FXOPT_TIME_LIMIT": ("time_limit_s", _parse_time_limit),
+    "FXOPT_WORK_LIMIT": ("work_limit", _parse_seconds),
+    "FXOPT_TIME_LIMIT": ("time_limit_s", _parse_seconds),
     "FXOPT_DEVICE": ("device", lambda raw: _enum_value(DeviceProfile, raw, "device")),
     "FXOPT_DEBUG": ("debug", parse_flag),
     "FXOPT_DUMP_DIR": ("dump_dir", str),

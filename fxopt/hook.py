@@ -23,7 +23,7 @@ from fxopt.partition import partition_joint
 from fxopt.report.dump import dump_report
 from fxopt.report.model import Report
 from fxopt.report.records import add_report
-from fxopt.solver import InfeasibleBudgetError
+from fxopt.solver import InfeasibleBudgetError, SearchTimeoutError
 from fxopt.step import Step
 
 log = logging.getLogger("fxopt")
@@ -72,7 +72,7 @@ class FxoptPartitioner(CustomPartitionerFn):
         try:
             fwd, bwd, report = partition_joint(gm, joint_inputs, self.options, step=self.step,
                                                key=self.key or graph_key(), **kwargs)
-        except (InfeasibleBudgetError, OptionsError) as err:
+        except (InfeasibleBudgetError, SearchTimeoutError, OptionsError) as err:
             if isinstance(getattr(err, "report", None), Report):
                 self._keep(err.report)  # the report stays inspectable; the error goes on
             raise

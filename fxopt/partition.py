@@ -27,7 +27,7 @@ from fxopt.pipeline import (
 from fxopt.plan import Status
 from fxopt.report.model import Report, SavedTensor, Stage
 from fxopt.report.series import DEFAULT_SERIES
-from fxopt.solver import InfeasibleBudgetError
+from fxopt.solver import InfeasibleBudgetError, SearchTimeoutError
 from fxopt.step import Coupling, GraphUse, Step, own_peak
 from fxopt.tensor_meta import size_hint
 
@@ -42,7 +42,8 @@ def copy_graph(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 # NOTE [Fallback]
-# Planning errors the user must act on (an unreachable budget, bad options) propagate. Anything
+# Planning errors the user must act on (an unreachable budget, bad options, a search stopped
+# by the wall-clock safety net, whose plan could differ between ranks) propagate. Anything
 # else that stops a plan from being built or applied safely gives PyTorch's own partition for
 # that graph, with a warning that carries the cause: training goes on, gradients stay right.
 def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
@@ -91,7 +92,7 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
                              share=lambda use, default: step.share(key, use, default),
                              saved_inputs=saved_input_bytes(default_bwd, static),
                              agree=step.agreement)
-    except (InfeasibleBudgetError, OptionsError) as err:
+    except (InfeasibleBudgetError, SearchTimeoutError, OptionsError) as err:
         err.report = report(default_fwd, default_bwd, "error",
                             fallback_reason=f"{type(err).__name__}: {err}",
                             error=f"{type(err).__name__}: {err}")

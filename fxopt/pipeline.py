@@ -30,13 +30,13 @@ from fxopt.solver import (
     Decision,
     InfeasibleBudgetError,
     Kind,
-    NoPlanFoundError,
     Plan,
     Problem,
+    SearchTimeoutError,
     SolverOptions,
     copy_done_steps,
     keep_all,
-    min_peak,
+    lowest_peak,
     simulate,
     solve,
 )
@@ -177,57 +177,106 @@ class _Candidate:
     peak: int
 
 
-def _solve_and_apply(gm: fx.GraphModule, built: BuiltProblem, budget: int, *,
-                     solver_options: SolverOptions, num_fwd_outputs: int,
-                     static: list[int] | None, strict: bool, baseline_peak: int,
-                     coupling: Coupling = Coupling(), saved_inputs: int = 0,
-                     agree: Agreement | None = None) -> tuple[Plan, AppliedPlan, Timeline]:
-    """`strict`: the user set the budget, so a best plan more than `TOLERANCE` above it is an
-    InfeasibleBudgetError; otherwise it is used with a warning. `baseline_peak`: the
-    keep-everything peak, which that error reports. `coupling`: see `coupled_peak`."""
-    built = _with_coupling(built, coupling, saved_inputs)
-    problem, refused = built.problem, None
-    best: _Candidate | None = None
-    gaps = [0] * problem.num_steps
-    for _ in range(CLOSING_ROUNDS):
-        try:
-            plan = _solve(problem, budget, solver_options, agree)
-        except InfeasibleBudgetError as err:
-            if best is None:
-                raise
-            refused = err
-            break
-        except NoPlanFoundError:
-            if best is None:
-                raise
-            break  # the corrected Problem found nothing in time: judge the best plan so far
-        applied = apply_plan(gm, plan, num_fwd_outputs=num_fwd_outputs,
-                             static_lifetime_input_indices=static, step_names=built.step_nodes,
-                             copy_done=copy_done_steps(problem, plan.decisions))
-        planned = timeline_of(PLAN_SERIES, applied.fwd, applied.bwd)
-        peak = coupled_peak(planned_use(planned, applied.bwd, static), coupling)
-        if best is None or peak < best.peak:
-            best = _Candidate(plan, applied, planned, peak)
-        if peak <= budget:
-            break
-        new = _step_gaps(dataclasses.replace(built, problem=problem), plan, applied)
-        if all(n <= 0 for n in new):
-            break
-        gaps = [g + max(n, 0) for g, n in zip(gaps, new)]
-        problem = dataclasses.replace(built.problem, fixed_bytes=tuple(
-            f + g for f, g in zip(built.problem.fixed_bytes, gaps)))
+@dataclass(frozen=True)
+class _Solving:
+    """What every solve of one graph shares: the graph, its coupled Problem and how to apply."""
+
+    gm: fx.GraphModule
+    built: BuiltProblem  # with the step's coupling (`_with_coupling`)
+    solver_options: SolverOptions
+    num_fwd_outputs: int
+    static: list[int] | None
+    coupling: Coupling
+    agree: Agreement | None = None  # ranks that must plan alike (fxopt.distributed)
+
+    def closing_loop(self, budget: int) -> tuple[_Candidate | None, InfeasibleBudgetError | None]:
+        """The best plan by rewritten peak over CLOSING_ROUNDS solves (NOTE above; None when
+        the first solve refused the budget), and the refusal that ended the rounds, if any."""
+        built, problem = self.built, self.built.problem
+        best: _Candidate | None = None
+        gaps = [0] * problem.num_steps
+        for _ in range(CLOSING_ROUNDS):
+            try:
+                plan = _solve(problem, budget, self.solver_options, self.agree)
+            except InfeasibleBudgetError as err:
+                return best, err
+            applied = apply_plan(self.gm, plan, num_fwd_outputs=self.num_fwd_outputs,
+                                 static_lifetime_input_indices=self.static,
+                                 step_names=built.step_nodes,
+                                 copy_done=copy_done_steps(problem, plan.decisions))
+            planned = timeline_of(PLAN_SERIES, applied.fwd, applied.bwd)
+            peak = coupled_peak(planned_use(planned, applied.bwd, self.static), self.coupling)
+            if best is None or peak < best.peak:
+                best = _Candidate(plan, applied, planned, peak)
+            if peak <= budget:
+                break
+            new = _step_gaps(dataclasses.replace(built, problem=problem), plan, applied)
+            if all(n <= 0 for n in new):
+                break
+            gaps = [g + max(n, 0) for g, n in zip(gaps, new)]
+            problem = dataclasses.replace(built.problem, fixed_bytes=tuple(
+                f + g for f, g in zip(built.problem.fixed_bytes, gaps)))
+        return best, None
+
+    def lowest(self) -> tuple[_Candidate, int]:
+        """The lowest plan (NOTE [The lowest plan]), and the bound below which no plan of the
+        choices searched peaks in the Problem's model."""
+        low = lowest_peak(self.built.problem, self.solver_options)
+        peak = low.peak_bytes
+        if self.agree is not None:  # the lowest peak a search reached may differ by rank
+            peak = self.agree.number(peak)
+        best, _ = self.closing_loop(peak)
+        assert best is not None  # solve() meets the peak its lowest-peak search found
+        return best, low.bound
+
+
+# NOTE [The lowest plan]
+# Where a budget cannot be met, the plan used instead and the smallest peak an error names are
+# one and the same: the closing loop at the smallest model peak the solver's lowest-peak search
+# finds (which solve() always meets, NOTE [Solve flow]). Every step of it is deterministic, so
+# it does not depend on the budget asked for: a size at or above the peak it names gets a plan,
+# because the lowest plan is tried before any budget is refused.
+class Refusal(InfeasibleBudgetError):
+    """A size this graph cannot meet, with the lowest plan (`lowest`) it can."""
+
+    lowest: _Candidate
+
+
+def _refusal(err: InfeasibleBudgetError | None, budget: int, low: tuple[_Candidate, int],
+             baseline_peak: int) -> Refusal:
+    """The refusal naming the lowest plan's peak, and the work limit where the solver's own
+    refusal said that the work ran out before it could tell."""
+    # Only options that beat the Problem's own minimum are worth naming.
+    better = {} if err is None else {
+        k: v for k, v in err.alternatives.items() if v < err.min_peak_bytes}
+    cand, bound = low
+    out = Refusal(budget, cand.peak, False, baseline_peak, better,
+                  limit=None if err is None else err.limit,
+                  restricted=err is not None and err.restricted, min_peak_bound=bound)
+    out.lowest = cand
+    return out
+
+
+def _solve_and_apply(solving: _Solving, budget: int, *, strict: bool, baseline_peak: int
+                     ) -> _Candidate:
+    """The best plan for `budget`. Where the solver refuses the budget, or (`strict`: the user
+    set it) the best plan is more than `TOLERANCE` above it, the lowest plan (NOTE [The lowest
+    plan]) is tried; if that misses it too, a Refusal (an InfeasibleBudgetError) carries it.
+    Without `strict` the best plan found is used, with a warning where it is above the budget.
+    `baseline_peak`: the keep-everything peak the error reports."""
+    best, err = solving.closing_loop(budget)
+    if best is None or (strict and best.peak > budget * (1 + TOLERANCE)):
+        low = solving.lowest()
+        if low[0].peak <= budget * (1 + TOLERANCE):
+            best = low[0] if best is None or low[0].peak < best.peak else best
+        elif strict or best is None:
+            raise _refusal(err, budget, low, baseline_peak)
     assert best is not None
-    plan, applied, planned, peak = best.plan, best.applied, best.timeline, best.peak
-    if peak > budget * (1 + TOLERANCE) and strict:
-        # Only options that beat the corrected Problem's own minimum are worth naming.
-        better = {} if refused is None else {
-            k: v for k, v in refused.alternatives.items() if v < refused.min_peak_bytes}
-        raise InfeasibleBudgetError(budget, peak, False, baseline_peak, better)
-    if peak > budget:
-        plan = plan.with_(warnings=plan.warnings + (
-            f"the rewritten graphs simulate to {peak} B, above the budget of "
-            f"{budget} B; no plan was found whose rewritten graphs fit",))
-    return plan, applied, planned
+    if best.peak > budget:
+        best = dataclasses.replace(best, plan=best.plan.with_(warnings=best.plan.warnings + (
+            f"the rewritten graphs simulate to {best.peak} B, above the budget of "
+            f"{budget} B; no plan was found whose rewritten graphs fit",)))
+    return best
 
 
 def _solve(problem: Problem, budget: int, solver_options: SolverOptions,
@@ -236,7 +285,7 @@ def _solve(problem: Problem, budget: int, solver_options: SolverOptions,
     try:
         found: Plan | Exception = solve(problem, budget, solver_options,
                                         cache_dir=cache_root() / "plans")
-    except (InfeasibleBudgetError, NoPlanFoundError) as err:
+    except (InfeasibleBudgetError, SearchTimeoutError) as err:
         if agree is None:
             raise
         found = err
@@ -341,11 +390,8 @@ def _step_error(err: InfeasibleBudgetError, share: Share) -> InfeasibleBudgetErr
     if c.grads_after:
         around.append(f"with the {format_bytes(c.grads_after)} of gradients the graphs after "
                       "it return alive during its backward")
-    return InfeasibleBudgetError(
-        share.step_budget_bytes, c.held_before + err.min_peak_bytes, False,
-        c.held_before + err.baseline_peak_bytes,
-        {k: c.held_before + v for k, v in err.alternatives.items()},
-        context="for the training step: one of its graphs must fit " + " and ".join(around))
+    return err.shifted(c.held_before, share.step_budget_bytes,
+                       "for the training step: one of its graphs must fit " + " and ".join(around))
 
 
 def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
@@ -375,38 +421,27 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
     keep = keep_use(built, baseline.memory, gradient_bytes(gm, num_fwd_outputs), saved_inputs)
     mine = share_fn(keep, default_use)
     budget, strict = mine.budget_bytes, mine.strict
-    solver_options = SolverOptions(time_limit_s=options.time_limit_s, allow_offload=offload,
+    solver_options = SolverOptions(work_limit=options.work_limit,
+                                   time_limit_s=options.time_limit_s, allow_offload=offload,
                                    allow_lowbit=options.lowbit,
                                    offload_available=device.type == "cuda")
-    solve_args = (gm, built)
-    rest = dict(solver_options=solver_options, num_fwd_outputs=num_fwd_outputs,
-                static=static_lifetime_input_indices, strict=strict,
-                baseline_peak=baseline.peak_bytes, coupling=mine.coupling,
-                saved_inputs=saved_inputs, agree=agree)
+    solving = _Solving(gm, _with_coupling(built, mine.coupling, saved_inputs), solver_options,
+                       num_fwd_outputs, static_lifetime_input_indices, mine.coupling, agree)
     refused: InfeasibleBudgetError | None = None
     try:
         if budget <= 0:  # the other graphs of the step leave this one nothing
-            raise InfeasibleBudgetError(budget, min_peak(
-                _with_coupling(built, mine.coupling, saved_inputs).problem, solver_options,
-                max(options.time_limit_s / 2, 1.0))[0], False, baseline.peak_bytes, {})
-        plan, applied, planned = _solve_and_apply(*solve_args, budget, **rest)
-    except (InfeasibleBudgetError, NoPlanFoundError) as err:
+            raise _refusal(None, budget, solving.lowest(), baseline.peak_bytes)
+        cand = _solve_and_apply(solving, budget, strict=strict, baseline_peak=baseline.peak_bytes)
+    except Refusal as err:
         # NOTE [Best-effort budgets]: a fraction (or no budget) never stops a run. An absolute
         # budget that earlier graphs of the step can still make room for is met from the next
         # step on (NOTE [Step budgets]); one that nothing can make room for is refused by the
-        # caller, which knows the step, with this lowest plan as the evidence. Where the search
-        # ran out of time before it could say, the lowest peak it finds is asked for.
+        # caller, which knows the step, with the lowest plan as the evidence (NOTE [The lowest
+        # plan]): the peak the error names is the peak of the plan used.
         if strict and not mine.room_elsewhere:
-            refused = _step_error(err, mine) if isinstance(err, InfeasibleBudgetError) else \
-                InfeasibleBudgetError(budget, budget, False, baseline.peak_bytes, {})
-        asked = budget
-        budget = err.min_peak_bytes if isinstance(err, InfeasibleBudgetError) else \
-            min_peak(_with_coupling(built, mine.coupling, saved_inputs).problem, solver_options,
-                     max(options.time_limit_s / 2, 1.0))[0]
-        if agree is not None:  # the lowest peak a search reached may differ between ranks
-            budget = agree.number(budget)
-        plan, applied, planned = _solve_and_apply(*solve_args, budget, **{**rest,
-                                                                          "strict": False})
+            refused = _step_error(err, mine)
+        asked, cand = budget, err.lowest
+        budget = cand.plan.budget_bytes
         what = f"budget {options.budget}" if options.budget is not None else \
             "PyTorch's default partition"
         if mine.coupling.held_before and options.budget is not None:
@@ -414,9 +449,10 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
                     "earlier graphs of the step hold,")
         then = (" (a size as budget makes this an error)" if not strict else "" if refused else
                 "; the earlier graphs are re-planned to make room from the next step on")
-        plan = plan.with_(warnings=plan.warnings + (
+        cand = dataclasses.replace(cand, plan=cand.plan.with_(warnings=cand.plan.warnings + (
             f"{what} leaves this graph {format_bytes(max(asked, 0))}, below the smallest peak "
-            f"fxopt reaches for it; planned for that, {format_bytes(budget)}{then}",))
+            f"fxopt reaches for it; planned for that, {format_bytes(cand.peak)}{then}",)))
+    plan, applied, planned = cand.plan, cand.applied, cand.timeline
     stages.append(Stage("solve, passes and check", time.perf_counter() - t0))
     stages += [Stage(name, applied.seconds.get(name, 0.0), fwd_code, bwd_code)
                for name, fwd_code, bwd_code in applied.programs]

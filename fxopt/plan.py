@@ -50,18 +50,34 @@ LOWBIT_FORMATS = tuple(LowbitFormat)
 
 class Status(str, enum.Enum):
     """How a plan was found. A `str`, so that it prints, compares and serialises as its name
-    (NOTE [String enums])."""
+    (NOTE [String enums]). Which choices the search had (`Choices`) and how far the plan may be
+    from the best one (`Plan.gap`) are on the plan beside it."""
 
     KEEP_ALL = "KEEP_ALL"  # the budget allows keeping everything
-    OPTIMAL = "OPTIMAL"  # proven cheapest over the model's choices
-    WITHIN_GAP = "WITHIN_GAP"  # within SolverOptions.relative_gap of CP-SAT's bound
-    FEASIBLE = "FEASIBLE"  # a time or round limit was hit: the best validated plan found
-    GREEDY = "GREEDY"  # CP-SAT did not improve on the greedy start in time
+    OPTIMAL = "OPTIMAL"  # proven cheapest over the choices the search had (Plan.choices)
+    WITHIN_GAP = "WITHIN_GAP"  # proven within SolverOptions.relative_gap of the bound
+    IMPROVED = "IMPROVED"  # better than the greedy plan; the work limit ended the search
+    FEASIBLE = "FEASIBLE"  # found by the search where the greedy plan found none; not proven
+    GREEDY = "GREEDY"  # the search did not improve on the greedy plan within its work limit
     LOWEST_PEAK = "LOWEST_PEAK"  # the plan with the lowest peak found (at the edge of reach)
     DEFAULT_LOWER = "DEFAULT_LOWER"  # PyTorch's partition was chosen: it peaks lower
     GIVEN = "GIVEN"  # written by hand, not searched (a forced plan in a test or a benchmark)
     INFEASIBLE = "INFEASIBLE"  # (search) no choice of the model fits
     UNKNOWN = "UNKNOWN"  # (search) a limit was hit before any plan
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Choices(str, enum.Enum):
+    """Which choices the search had. FULL: every restore step (recompute, dequantise, prefetch)
+    that the exact simulator accepts for every tensor, so OPTIMAL means optimal. RESTRICTED: a
+    few restore and prefetch points per tensor (SolverOptions.max_restore_points,
+    restore_window, prefetch_points), so OPTIMAL means optimal over those and the bound holds
+    for those only."""
+
+    FULL = "full"
+    RESTRICTED = "restricted"
 
     def __str__(self) -> str:
         return self.value
@@ -124,6 +140,12 @@ class Plan:
     problem_hash / options_hash: provenance; warnings: anything the caller should surface.
     objective_bound_us: CP-SAT's proven lower bound on the objective (extra_time_us plus the
         low-bit penalties) over the choices it modelled; None when CP-SAT did not finish a run.
+    objective_us: the plan's own objective (what the bound bounds); None for a plan not searched.
+    choices: which choices the search had (`Choices`); None for a plan not searched.
+    work: deterministic work the search spent (CP-SAT's deterministic seconds), the measure its
+        work limit is given in; None for a plan not searched.
+    greedy_objective_us: the objective of the greedy plan the search started from; None where
+        the greedy planner found none or nothing was searched.
     """
 
     decisions: tuple[Decision, ...]
@@ -137,10 +159,50 @@ class Plan:
     options_hash: str
     warnings: tuple[str, ...] = field(default=())
     objective_bound_us: int | None = None
+    objective_us: int | None = None
+    choices: Choices | None = None
+    work: float | None = None
+    greedy_objective_us: int | None = None
 
     def __post_init__(self) -> None:
         if type(self.status) is not Status:  # read back from JSON
             object.__setattr__(self, "status", Status(self.status))
+        if self.choices is not None and type(self.choices) is not Choices:
+            object.__setattr__(self, "choices", Choices(self.choices))
+
+    @property
+    def gap(self) -> float | None:
+        """(objective - bound) / objective: how much cheaper a plan over the same choices could
+        at most be (0.0: proven optimal over them); None without a bound."""
+        if self.objective_bound_us is None or self.objective_us is None:
+            return None
+        if self.objective_us <= 0:
+            return 0.0
+        return max(self.objective_us - self.objective_bound_us, 0) / self.objective_us
+
+    def quality(self) -> str:
+        """The status in words: which plan it is (the greedy plan, or one the search found) and
+        what is proven about it over which choices, e.g. 'OPTIMAL: improved on the greedy plan
+        (5169 -> 5112 us); optimal over a restricted choice set' or 'GREEDY: the greedy plan;
+        0.42% from the bound over a restricted choice set'."""
+        if self.choices is None:
+            return str(self.status)
+        over = "the full choice set" if self.choices is Choices.FULL else \
+            "a restricted choice set"
+        if self.status is Status.LOWEST_PEAK:
+            return f"{self.status}: the plan with the lowest peak found over {over}"
+        greedy = self.greedy_objective_us
+        if greedy is None:
+            origin = "found by the search (the greedy planner found none)"
+        elif self.objective_us is not None and self.objective_us < greedy:
+            origin = f"improved on the greedy plan ({greedy} -> {self.objective_us} us)"
+        else:
+            origin = "the greedy plan"
+        gap = self.gap
+        proof = (f"optimal over {over}" if self.status is Status.OPTIMAL else
+                 f"no bound proven over {over}" if gap is None else
+                 f"{100 * gap:.2f}% from the bound over {over}")
+        return f"{self.status}: {origin}; {proof}"
 
     def decision(self, name: str) -> Decision:
         for d in self.decisions:
@@ -158,6 +220,8 @@ class Plan:
         data = asdict(self)
         for d in data["decisions"]:
             d["kind"] = Kind(d["kind"]).value
+        if data["choices"] is not None:
+            data["choices"] = Choices(data["choices"]).value
         return json.dumps(data, sort_keys=True, indent=1)
 
     @classmethod

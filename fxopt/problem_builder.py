@@ -53,6 +53,23 @@ def _value_names(joint: GraphView) -> dict[tuple[str, int], str]:
     return names
 
 
+def _readers(joint: GraphView, name: str) -> tuple[str, ...]:
+    """The ops that read the values of `name`: its users, and through views theirs (a view
+    that nothing reads, or that the graph returns, counts as a reader itself)."""
+    out: list[str] = []
+    todo, seen = list(joint[name].users), set()
+    while todo:
+        user = joint[todo.pop(0)]
+        if user.name in seen:
+            continue
+        seen.add(user.name)
+        if user.kind is OpKind.VIEW and user.users and not user.is_output:
+            todo.extend(user.users)
+        else:
+            out.append(user.op)
+    return tuple(out)
+
+
 def _unsafe(joint: GraphView, kernel: Kernel | None, name: str, candidates: set[str]
             ) -> str | None:
     """Why recomputing this kernel is unsafe: one of its nodes, or an input that no candidate
@@ -120,7 +137,7 @@ def build_problem(joint: GraphView, profile: Hardware, *, host_is_device: bool =
         numel = meta.numel_hint
         rule = decide(SavedTensorFacts(
             producer=joint[key[1]].op, dtype=meta.dtype, numel=numel,
-            consumers=tuple(joint[u].op for u in node.users), output_index=key[2], name=name),
+            consumers=_readers(joint, name), output_index=key[2], name=name),
             lowbit_rules or LowbitRules())
         lowbit_ok = rule.eligible and bool(bwd_uses)
         candidates.append(Candidate(
@@ -132,7 +149,8 @@ def build_problem(joint: GraphView, profile: Hardware, *, host_is_device: bool =
             lowbit_bytes=(numel + 4 * math.ceil(numel / LOWBIT_BLOCK)) if lowbit_ok else 0,
             cast_us=to_us(2 * cast_seconds(numel, meta.itemsize, 1, profile)) if lowbit_ok else 0,
             copy_us=to_us(transfer_seconds(nbytes, profile))
-            if bwd_uses and not host_is_device else 0))
+            if bwd_uses and not host_is_device else 0,
+            lowbit_formats=rule.formats))
         # Its own node, else its producer (tuple outputs), else its kernel's first with one.
         around = (node, joint[key[1]], *(joint.by_name[k] for k in (kernel.nodes if kernel else ())
                                          if k in joint.by_name))

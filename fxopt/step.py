@@ -358,7 +358,8 @@ class Step:
             (self._step_budget() or 0) + resident, peak, False,
             step_peak(keeps) + self.options.reserved + resident, better,
             context=f"for the training step of {len(planned)} graph(s), each planned as low as "
-                    f"it goes beside the others{self._held_text()}")
+                    f"it goes beside the others{self._held_text()}",
+            limit=getattr(error, "limit", None), restricted=getattr(error, "restricted", False))
 
     def _held_text(self) -> str:
         o = self.options

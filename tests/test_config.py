@@ -43,6 +43,9 @@ def test_options_normalise_and_validate():
         Options(lowbit="fp4")
     with pytest.raises(OptionsError, match="time_limit_s"):
         Options(time_limit_s=0)
+    with pytest.raises(OptionsError, match="work_limit"):
+        Options(work_limit=-1)
+    assert Options(work_limit=3).work_limit == 3.0 and Options().work_limit is None
     with pytest.raises(OptionsError, match="offload"):
         Options(offload="yes")
     with pytest.raises(TypeError):
@@ -52,7 +55,8 @@ def test_options_normalise_and_validate():
 def test_cache_key_changes_with_every_option():
     base = Options()
     variants = [Options(budget=0.5), Options(offload=True), Options(lowbit="int8"),
-                Options(time_limit_s=3), Options(device="cpu"), Options(debug=True),
+                Options(time_limit_s=3), Options(work_limit=2), Options(device="cpu"),
+                Options(debug=True),
                 Options(dump_dir="/tmp/x")]
     keys = {base.cache_key()} | {v.cache_key() for v in variants}
     assert len(keys) == len(variants) + 1
@@ -60,18 +64,20 @@ def test_cache_key_changes_with_every_option():
 
 def test_from_env_reads_every_variable():
     env = {"FXOPT_BUDGET": "4GiB", "FXOPT_OFFLOAD": "on", "FXOPT_LOWBIT": "int8",
-           "FXOPT_TIME_LIMIT": "2.5", "FXOPT_DEVICE": "a100", "FXOPT_DEBUG": "1",
+           "FXOPT_TIME_LIMIT": "2.5", "FXOPT_WORK_LIMIT": "4", "FXOPT_DEVICE": "a100",
+           "FXOPT_DEBUG": "1",
            "FXOPT_DUMP_DIR": "/tmp/dump"}
     opts = Options.from_env(env)
     assert opts == Options(budget="4GiB", offload=True, lowbit="int8", time_limit_s=2.5,
-                           device="a100", debug=True, dump_dir="/tmp/dump")
+                           work_limit=4, device="a100", debug=True, dump_dir="/tmp/dump")
     assert Options.from_env({"FXOPT_LOWBIT": "none", "FXOPT_OFFLOAD": "auto"}) == Options()
     assert Options.from_env(env, budget=0.3).budget == Budget(fraction=0.3)
 
 
 @pytest.mark.parametrize("var, raw", [
     ("FXOPT_BUDGET", "abc"), ("FXOPT_OFFLOAD", "maybe"), ("FXOPT_LOWBIT", "fp4"),
-    ("FXOPT_TIME_LIMIT", "soon"), ("FXOPT_DEVICE", "tpu"), ("FXOPT_DEBUG", "2"),
+    ("FXOPT_TIME_LIMIT", "soon"), ("FXOPT_WORK_LIMIT", "lots"), ("FXOPT_DEVICE", "tpu"),
+    ("FXOPT_DEBUG", "2"),
 ])
 def test_bad_environment_names_the_variable(var, raw):
     with pytest.raises(OptionsError) as info:

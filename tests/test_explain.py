@@ -68,6 +68,32 @@ def test_unreachable_budget_names_the_minimum():
     assert info.value.min_peak_bytes > info.value.budget_bytes  # carried for programs too
     report = fxopt.explain(mlp(), torch.randn(256, 64), budget=info.value.min_peak_bytes)[0]
     assert report.strategy == "fxopt plan"
+    assert report.plan.peak_bytes <= info.value.min_peak_bytes
+
+
+def test_a_search_out_of_work_is_never_a_silent_fallback():
+    """Under a size and almost no search work, fxopt plans (the lowest peak it found, where
+    that fits) or refuses the size naming a peak it reaches (and, where the work ran out, the
+    option that gives more); asking for that peak gets a plan. It never falls back."""
+    x = torch.randn(256, 64)
+    keep = fxopt.explain(mlp(), x)[0].baseline_peak_bytes
+    for fraction in (0.9, 0.7, 0.5):
+        try:
+            report = fxopt.explain(mlp(), x, budget=int(keep * fraction), work_limit=1e-3)[0]
+        except fxopt.solver.InfeasibleBudgetError as err:
+            assert err.limit is None or "FXOPT_WORK_LIMIT" in str(err), str(err)
+            report = fxopt.explain(mlp(), x, budget=err.min_peak_bytes, work_limit=1e-3)[0]
+            assert report.peak_bytes <= err.min_peak_bytes
+        assert report.strategy == "fxopt plan" and report.fallback_reason is None
+
+
+def test_a_search_stopped_by_the_clock_is_an_error():
+    """The wall clock is only a safety net: a search it stops would give a plan that depends
+    on the machine, so the compile fails loudly, naming both limits."""
+    with pytest.raises(fxopt.solver.SearchTimeoutError, match="time_limit_s.*work_limit") as info:
+        fxopt.explain(mlp(), torch.randn(256, 64), budget=0.5, work_limit=100.0,
+                      time_limit_s=1e-3)
+    assert info.value.report.error.startswith("SearchTimeoutError")
 
 
 def test_unreachable_fraction_plans_the_smallest_peak_with_a_warning(caplog):

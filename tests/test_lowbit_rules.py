@@ -13,6 +13,7 @@ from fxopt.lowbit_rules import (
     dtype_name,
     op_names,
 )
+from fxopt.plan import LowbitFormat
 
 BIG = 1 << 16
 
@@ -67,6 +68,28 @@ def test_rule_table(case: tuple[SavedTensorFacts, bool, str]) -> None:
     d = decide(f)
     assert (d.eligible, d.rule) == (eligible, rule), d.reason
     assert d.reason
+
+
+def test_a_compared_tensor_may_be_stored_in_fp8_only() -> None:
+    """int8 rounds values near zero to zero, which flips a ReLU's mask; fp8 keeps the sign
+    (NOTE [Comparisons and int8])."""
+    fp8, int8 = LowbitFormat.FP8, LowbitFormat.INT8
+    for consumers in (("aten.convolution.default", "aten.threshold_backward.default"),
+                      ("aten.alias.default", "aten.le.Scalar"),
+                      ("aten.leaky_relu_backward.default",), ("aten.hardtanh_backward.default",)):
+        d = decide(facts("aten.relu.default", consumers))
+        assert (d.eligible, d.rule, d.formats) == (True, "consumer", (fp8,)), consumers
+        assert d.allows(fp8) and not d.allows(int8)
+        assert "fp8 only" in d.reason and op_names(consumers[-1])[2] in d.reason
+    tolerant = decide(facts("aten.gelu.default", ("aten.mm.default", "aten.gelu_backward.default")))
+    assert tolerant.allows(fp8) and tolerant.allows(int8)
+    # a denied consumer still wins; an override allows every format
+    assert not decide(facts("aten.relu.default", ("aten.le.Scalar",
+                                                  "aten._softmax_backward_data.default"))).eligible
+    forced = decide(facts("aten.relu.default", ("aten.le.Scalar",)),
+                    LowbitRules(overrides={"relu": True}))
+    assert forced.allows(int8) and forced.rule == "override"
+    assert not decide(facts("aten.relu.default", ("aten.le.Scalar",), numel=10)).allows(fp8)
 
 
 def test_overrides_by_name_and_by_op() -> None:

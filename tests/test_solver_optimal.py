@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from fxopt.plan import LOWBIT_FORMATS, LowbitFormat
 from fxopt.solver import (
     Candidate,
     Decision,
@@ -37,13 +38,13 @@ def choices(p: Problem, i: int, opts: SolverOptions) -> list[Decision]:
     steps = range(p.num_fwd_steps, p.num_steps)
     if c.recomputable:
         out += [Decision(c.name, Kind.RECOMPUTE, r) for r in steps]
-    if c.bwd_uses and opts.allow_lowbit and c.lowbit_bytes:
+    if c.bwd_uses and c.stores_lowbit(opts.allow_lowbit):
         out += [Decision(c.name, Kind.LOWBIT, r, opts.allow_lowbit) for r in steps
                 if r <= c.bwd_uses[0]]
     if c.bwd_uses and opts.allow_offload and c.copy_us:
         out += [Decision(c.name, Kind.OFFLOAD, q) for q in
                 prefetch_points(p, c, False, opts.prefetch_points)]
-        if opts.allow_lowbit and c.lowbit_bytes:
+        if c.stores_lowbit(opts.allow_lowbit):
             out += [Decision(c.name, Kind.LOWBIT_OFFLOAD, q, opts.allow_lowbit) for q in
                     prefetch_points(p, c, True, opts.prefetch_points)]
     return out
@@ -119,6 +120,10 @@ def _table() -> list[tuple[str, Problem, int, SolverOptions, int]]:
         Candidate("a", 100, 0, 0, (3,), (), 100, lowbit_bytes=25, cast_us=4),
         Candidate("b", 100, 1, 1, (2,), (), 100, lowbit_bytes=25, cast_us=4),
     ))
+    # a as a tensor the backward compares with zero: fp8 may store it, int8 may not
+    compared = dataclasses.replace(lowbit, candidates=(
+        dataclasses.replace(lowbit.candidates[0], lowbit_formats=(LowbitFormat.FP8,)),
+        lowbit.candidates[1]))
     return [
         ("chain keeps all at full budget", ch3, 300, EXACT, 0),
         ("chain recomputes one", ch3, 200, EXACT, 10),
@@ -128,6 +133,10 @@ def _table() -> list[tuple[str, Problem, int, SolverOptions, int]]:
          SolverOptions(**{**vars(EXACT), "allow_offload": True}), 0),
         ("low-bit beats recompute", lowbit, 130,
          SolverOptions(**{**vars(EXACT), "allow_lowbit": "int8", "lowbit_penalty_us": 1}), 5),
+        ("int8 may not store a compared tensor", compared, 130,
+         SolverOptions(**{**vars(EXACT), "allow_lowbit": "int8", "lowbit_penalty_us": 1}), 100),
+        ("fp8 may", compared, 130,
+         SolverOptions(**{**vars(EXACT), "allow_lowbit": "fp8", "lowbit_penalty_us": 1}), 5),
     ]
 
 
@@ -169,7 +178,8 @@ def random_problem(draw: st.DrawFn) -> tuple[Problem, float, SolverOptions]:
             inputs=inputs, recompute_us=draw(st.integers(1, 40)),
             recomputable=draw(st.booleans()) or draw(st.booleans()),
             lowbit_bytes=draw(st.sampled_from([0, nbytes // 4, nbytes // 2])),
-            cast_us=draw(st.integers(0, 10)), copy_us=draw(st.integers(0, 30))))
+            cast_us=draw(st.integers(0, 10)), copy_us=draw(st.integers(0, 30)),
+            lowbit_formats=draw(st.sampled_from([LOWBIT_FORMATS, (LowbitFormat.FP8,)]))))
     # a consumer reads its inputs when it is produced
     for i, c in enumerate(cands):
         for j in c.inputs:
@@ -180,7 +190,7 @@ def random_problem(draw: st.DrawFn) -> tuple[Problem, float, SolverOptions]:
     step_us = tuple(draw(st.lists(st.integers(1, 20), min_size=steps, max_size=steps)))
     problem = Problem(steps, n_fwd, fixed, step_us, tuple(cands))
     opts = SolverOptions(**{**vars(EXACT), "allow_offload": draw(st.booleans()),
-                            "allow_lowbit": draw(st.sampled_from([None, "fp8"])),
+                            "allow_lowbit": draw(st.sampled_from([None, "fp8", "int8"])),
                             "lowbit_penalty_us": draw(st.integers(0, 20)),
                             "prefetch_points": 2})
     # mostly budgets between the least reachable peak and keep-everything; some below it

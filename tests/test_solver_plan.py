@@ -9,6 +9,7 @@ import pytest
 
 import fxopt.solver.planner as solve_module
 from benchmarks.synthetic import GPTShape, gpt_problem
+from fxopt.plan import LowbitFormat
 from fxopt.solver import (
     Candidate,
     Decision,
@@ -139,6 +140,23 @@ def test_infeasible_never_names_offload_where_there_is_none() -> None:
     assert "offload" not in str(info.value)
 
 
+def test_infeasible_under_int8_names_fp8_where_it_stores_more() -> None:
+    """a is compared with zero in backward: int8 may not store it, fp8 may, and reaches lower."""
+    p = tight_problem()
+    a = Candidate(**{**vars(p.candidates[0]), "lowbit_formats": (LowbitFormat.FP8,)})
+    compared = Problem(6, 3, p.fixed_bytes, p.step_us, (a, p.candidates[1]))
+    opts = SolverOptions(time_limit_s=10.0, allow_lowbit="int8", offload_available=False)
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve(compared, 120, opts, cache_dir=None)
+    assert info.value.min_peak_bytes == 150  # b shrinks only after the peak at step 2
+    assert info.value.alternatives == {"lowbit='fp8'": 100}
+    assert "lowbit='fp8' reaches" in str(info.value)
+    # Where int8 may store everything fp8 may, fp8 is not searched.
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve(p, 50, opts, cache_dir=None)
+    assert not info.value.alternatives
+
+
 def test_keep_all_when_the_budget_allows() -> None:
     p = gpt_problem(SMALL_GPT)
     plan = solve(p, 1.0, FAST, cache_dir=None)
@@ -146,11 +164,11 @@ def test_keep_all_when_the_budget_allows() -> None:
     assert plan.peak_bytes == plan.baseline_peak_bytes == baseline_peak(p)
 
 
-def test_out_of_time_returns_the_greedy_plan_with_a_warning() -> None:
+def test_out_of_work_returns_the_greedy_plan_with_a_warning() -> None:
     p = gpt_problem(GPTShape(layers=12, d_model=256, seq=512, batch=4, heads=4, vocab=4096))
-    plan = solve(p, 0.5, SolverOptions(time_limit_s=0.001), cache_dir=None)
+    plan = solve(p, 0.5, SolverOptions(work_limit=0.001), cache_dir=None)
     validate(p, plan)
-    assert plan.status == "GREEDY" and plan.warnings
+    assert plan.status == "GREEDY" and "work_limit=0.001" in plan.warnings[-1]
 
 
 def test_synthetic_gpt_shape() -> None:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fxopt.plan import LowbitFormat
 from fxopt.solver import (
     Candidate,
     Decision,
@@ -137,6 +138,28 @@ def test_recomputation_never_reads_a_lowbit_copy() -> None:
     start = greedy(p, 105, opts)
     assert start is not None and start[0] == both
     assert solve(p, 105, opts, cache_dir=None).decisions == both
+
+
+def test_lowbit_only_in_the_formats_that_may_store_it() -> None:
+    """A tensor the backward compares with zero may be stored in fp8, never in int8 (NOTE
+    [Comparisons and int8] in fxopt/lowbit_rules.py)."""
+    compared = one_tensor(lowbit_formats=(LowbitFormat.FP8,))
+    assert simulate(compared, [Decision("a", Kind.LOWBIT, 5, "fp8")]).peak_bytes == 100
+    with pytest.raises(InvalidPlanError, match="int8 may not store it"):
+        simulate(compared, [Decision("a", Kind.LOWBIT, 5, "int8")])
+    with pytest.raises(InvalidPlanError, match="int8 may not store it"):
+        simulate(compared, [Decision("a", Kind.LOWBIT_OFFLOAD, 4, "int8")])
+    # 50 B more at step 3: keeping it peaks at 150 B. Under 100 B, fp8 stores it (3 us); int8
+    # may not, so it is recomputed (7 us).
+    tight = Problem(7, 3, (0, 0, 0, 50, 0, 0, 0), (10,) * 7, compared.candidates)
+    for fmt, kind in (("int8", Kind.RECOMPUTE), ("fp8", Kind.LOWBIT)):
+        opts = SolverOptions(time_limit_s=5.0, allow_lowbit=fmt, lowbit_penalty_us=0)
+        assert solve(tight, 100, opts, cache_dir=None).decision("a").kind is kind
+    # Problems where every format may store every tensor hash as before the field existed.
+    assert "lowbit_formats" not in str(one_tensor().to_json_dict())
+    assert Problem.from_json_dict(compared.to_json_dict()) == compared
+    with pytest.raises(ProblemError, match="lowbit_formats"):
+        one_tensor(lowbit_formats=())
 
 
 def test_non_keep_needs_a_reader() -> None:

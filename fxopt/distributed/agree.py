@@ -22,7 +22,7 @@ from typing import Any
 import torch.distributed as dist
 
 from fxopt.compat import outside_tracing
-from fxopt.solver import InfeasibleBudgetError, NoPlanFoundError, Plan, Problem, simulate
+from fxopt.solver import InfeasibleBudgetError, Plan, Problem, SearchTimeoutError, simulate
 
 log = logging.getLogger("fxopt")
 
@@ -60,10 +60,13 @@ class PlanAgreement:
             dist.broadcast_object_list(payload, src=first, group=self.group)
         kind, data = payload[0]
         if kind == "infeasible":
-            raise InfeasibleBudgetError(*data)
+            args, kwargs = data
+            raise InfeasibleBudgetError(*args, **kwargs)
         if kind == "none":
-            raise NoPlanFoundError("rank 0 found no plan for this graph within its search "
-                                   "limit; every rank does as rank 0 does")
+            if isinstance(found, Exception):
+                raise found
+            raise SearchTimeoutError("rank 0's search for this graph was stopped by the "
+                                     "wall-clock safety net; every rank does as rank 0 does")
         theirs = Plan.from_json(data)
         sim = simulate(problem, theirs.decisions)
         return theirs.with_(problem_hash=problem.content_hash, peak_bytes=sim.peak_bytes,
@@ -79,6 +82,8 @@ def _outcome(found: Plan | Exception) -> tuple[str, Any]:
     if isinstance(found, Plan):
         return "plan", found.to_json()
     if isinstance(found, InfeasibleBudgetError):
-        return "infeasible", (found.budget_bytes, found.min_peak_bytes, found.min_peak_proven,
-                              found.baseline_peak_bytes, found.alternatives, found.context)
+        return "infeasible", ((found.budget_bytes, found.min_peak_bytes, found.min_peak_proven,
+                               found.baseline_peak_bytes, found.alternatives, found.context),
+                              {"limit": found.limit, "restricted": found.restricted,
+                               "min_peak_bound": found.min_peak_bound_bytes})
     return "none", None

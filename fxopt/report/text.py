@@ -58,6 +58,14 @@ def _budget_text(report: Report) -> str:
     return format_bytes(report.budget_bytes) + fraction
 
 
+def _status_text(report: Report) -> str:
+    """The plan's status in words (choice set, proven gap) where the report's status is it."""
+    plan = report.plan
+    if plan is not None and report.status == plan.status:
+        return plan.quality()
+    return str(report.status or "-")
+
+
 def summary_items(report: Report) -> list[tuple[str, str]]:
     """(label, value) pairs of the report's summary, in display order. A graph that was not
     planned says so once and leaves out the peaks it has no prediction for."""
@@ -65,7 +73,7 @@ def summary_items(report: Report) -> list[tuple[str, str]]:
     fallback = f" (fallback: {report.fallback_reason})" if report.fallback_reason else ""
     items = [("error", report.error)] if report.error else []
     items += [("strategy", report.strategy + fallback),
-              ("solver status", (report.status or "-") if planned else NOT_PLANNED),
+              ("solver status", _status_text(report) if planned else NOT_PLANNED),
               ("budget", _budget_text(report))]
     c = report.coupling
     if c is not None and (c.held_before or c.later_need or c.grads_after):

@@ -3,7 +3,7 @@
 Nothing here imports torch or another fxopt package but the plan's plain data (`fxopt.plan`);
 the graph adapter (`fxopt.problem_builder`) builds the Problem.
 
-    plan = solve(problem, 0.5, SolverOptions(time_limit_s=10), cache_dir=None)
+    plan = solve(problem, 0.5, SolverOptions(work_limit=5), cache_dir=None)
     validate(problem, plan)            # what solve() already checked: the spec
 
 Modules: problem (data, integer scaling), options, validate (exact simulator = spec), greedy,
@@ -13,12 +13,18 @@ vocabulary (`Decision`, `Kind`, `LowbitFormat`, `Status`) are `fxopt.plan`'s.
 
 from __future__ import annotations
 
-from fxopt.plan import LOWBIT_FORMATS, Decision, Kind, LowbitFormat, Plan
+from fxopt.plan import LOWBIT_FORMATS, Choices, Decision, Kind, LowbitFormat, Plan, Status
 from fxopt.solver.cache import PlanCache, cache_key
-from fxopt.solver.errors import InfeasibleBudgetError, InvalidPlanError, NoPlanFoundError
+from fxopt.solver.errors import (
+    InfeasibleBudgetError,
+    InvalidPlanError,
+    NoPlanFoundError,
+    SearchLimit,
+    SearchTimeoutError,
+)
 from fxopt.solver.greedy import greedy
 from fxopt.solver.options import SolverOptions
-from fxopt.solver.planner import min_peak, solve
+from fxopt.solver.planner import Lowest, lowest_peak, min_peak, solve
 from fxopt.solver.problem import Candidate, Problem, ProblemError, budget_bytes, to_us
 from fxopt.solver.validate import (
     Simulation,
@@ -30,9 +36,9 @@ from fxopt.solver.validate import (
 )
 
 __all__ = [
-    "LOWBIT_FORMATS", "Candidate", "Decision", "InfeasibleBudgetError",
-    "InvalidPlanError", "Kind", "LowbitFormat", "NoPlanFoundError", "Plan", "PlanCache", "Problem",
-    "ProblemError", "Simulation", "SolverOptions", "baseline_peak", "budget_bytes", "cache_key",
-    "copy_done_steps",
-    "greedy", "keep_all", "min_peak", "simulate", "solve", "to_us", "validate",
+    "LOWBIT_FORMATS", "Candidate", "Choices", "Decision", "InfeasibleBudgetError",
+    "InvalidPlanError", "Kind", "LowbitFormat", "Lowest", "NoPlanFoundError", "Plan", "PlanCache",
+    "Problem", "ProblemError", "SearchLimit", "SearchTimeoutError", "Simulation",
+    "SolverOptions", "Status", "baseline_peak", "budget_bytes", "cache_key", "copy_done_steps",
+    "greedy", "keep_all", "lowest_peak", "min_peak", "simulate", "solve", "to_us", "validate",
 ]

@@ -14,7 +14,7 @@ from fxopt.solver.options import SolverOptions
 from fxopt.solver.problem import Problem
 from fxopt.solver.validate import validate
 
-_FORMAT = "fxopt-plan-v1"
+_FORMAT = "fxopt-plan-v2"
 
 
 def cache_key(problem: Problem, options: SolverOptions, budget_bytes: int) -> str:

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
-from fxopt.plan import Decision, Kind
+from fxopt.plan import Choices, Decision, Kind
 from fxopt.solver.options import SolverOptions
 from fxopt.solver.problem import Problem, byte_unit
-from fxopt.solver.validate import d2h_window, h2d_exposed, prefetch_points
+from fxopt.solver.validate import d2h_window, demands, h2d_exposed, prefetch_points
 
 # NOTE [CP-SAT model]
 # Per candidate i, one boolean per choice, exactly one true: keep_i, rec[i,k] / lb[i,k] for each
@@ -38,10 +38,8 @@ from fxopt.solver.validate import d2h_window, h2d_exposed, prefetch_points
 # backward uses, lb * low-bit bytes, and for a support tensor kept and demanded
 # z_first - (its non-keep choices), since its non-keep choices imply z_first.
 
-# With opts.deterministic the search stops on deterministic time, this share of time_limit_s:
-# deterministic time runs at or below wall time on a loaded machine, so the wall-clock limit
-# (the safety net) is rarely what stops it. See NOTE [Determinism].
-DETERMINISTIC_SHARE = 0.5
+# CP-SAT's linear relaxation: 2 puts every constraint and its cuts into the LP (NOTE [Search]).
+LINEARIZATION_LEVEL = 2
 
 
 @dataclass
@@ -56,6 +54,9 @@ class Model:
     ext: list[list[tuple[int, cp_model.IntVar]]]  # per candidate: (extension point, z var)
     last_own: list[int]
     objective_terms: list[tuple[cp_model.IntVar, int]] = field(default_factory=list)
+    # per copy direction: (exposed-time variable, exposure terms, copy terms, phase compute)
+    links: list[tuple[cp_model.IntVar, list[tuple[cp_model.IntVar, int]],
+                      list[tuple[cp_model.IntVar, int]], int]] = field(default_factory=list)
     rows: set[int] = field(default_factory=set)
 
 
@@ -83,6 +84,25 @@ def restore_points(problem: Problem, opts: SolverOptions) -> list[tuple[int, ...
     return pts
 
 
+def choice_set(problem: Problem, opts: SolverOptions) -> Choices:
+    """FULL when the model offers every restore and prefetch step validate.py accepts, else
+    RESTRICTED (see fxopt.plan.Choices)."""
+    everything = SolverOptions(max_restore_points=problem.num_steps,
+                               restore_window=problem.num_steps)
+    if restore_points(problem, opts) != restore_points(problem, everything):
+        return Choices.RESTRICTED
+    if opts.allow_offload:
+        F = problem.num_fwd_steps
+        for c in problem.candidates:
+            if c.bwd_uses and c.copy_us > 0:
+                steps = {problem.anchor(s) for s in range(F, c.bwd_uses[0] + 1)}
+                kinds = [False] + ([True] if c.stores_lowbit(opts.allow_lowbit) else [])
+                if any(set(prefetch_points(problem, c, lb, opts.prefetch_points)) != steps
+                       for lb in kinds):
+                    return Choices.RESTRICTED
+    return Choices.FULL
+
+
 def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> Model:
     """The model without memory rows; exact_bytes counts bytes in unit 1 (the min-peak model,
     whose rows compare against a peak variable)."""
@@ -103,14 +123,14 @@ def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> M
                 v = m.new_bool_var(f"rec{i}_{k}")
                 ch.append((Kind.RECOMPUTE, k, v))
                 obj.append((v, c.recompute_us))
-        if c.bwd_uses and opts.allow_lowbit and c.lowbit_bytes > 0:
+        if c.bwd_uses and c.stores_lowbit(opts.allow_lowbit):
             for k in pts[i]:
                 v = m.new_bool_var(f"lb{i}_{k}")
                 ch.append((Kind.LOWBIT, k, v))
                 obj.append((v, c.cast_us + opts.lowbit_penalty_us))
         if c.bwd_uses and opts.allow_offload and c.copy_us > 0:
             kinds = [Kind.OFFLOAD]
-            if opts.allow_lowbit and c.lowbit_bytes > 0:
+            if c.stores_lowbit(opts.allow_lowbit):
                 kinds.append(Kind.LOWBIT_OFFLOAD)
             for kind in kinds:
                 lb = kind is Kind.LOWBIT_OFFLOAD
@@ -165,6 +185,7 @@ def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> M
             m.add(x >= _wsum(terms))
             m.add(x >= _wsum(copies) - phase)
             obj.append((x, 1))
+            mdl.links.append((x, terms, copies, phase))
     m.minimize(_wsum(obj))
     return mdl
 
@@ -287,21 +308,40 @@ def _drop_undemanded(p: Problem, decs: list[Decision]) -> tuple[Decision, ...]:
     return tuple(decs)
 
 
-def hint(mdl: Model, decisions: Sequence[Decision]) -> None:
+def hint(mdl: Model, decisions: Sequence[Decision],
+         peak: tuple[cp_model.IntVar, int] | None = None) -> None:
+    """Hints every variable with `decisions` (and the peak variable with its value), so that
+    CP-SAT starts from that plan: a partial hint it must complete, which on large models it
+    may fail to do within its budget for that, would let it start from a worse one."""
     mdl.model.clear_hints()
+    value: dict[cp_model.IntVar, bool] = {}
     for i, d in enumerate(decisions):
         mdl.model.add_hint(mdl.keep[i], d.kind is Kind.KEEP)
         for kind, k, v in mdl.choices[i]:
-            mdl.model.add_hint(v, kind is d.kind and k == d.restore_step)
+            value[v] = kind is d.kind and k == d.restore_step
+            mdl.model.add_hint(v, value[v])
+    last = [max(dem, default=-1) for dem in demands(mdl.problem, decisions)]
+    for i, ext in enumerate(mdl.ext):
+        for k, z in ext:  # still demanded at k: some recomputation reads i at or after k
+            mdl.model.add_hint(z, last[i] >= k)
+    for x, terms, copies, phase in mdl.links:
+        mdl.model.add_hint(x, max(0, sum(w for v, w in terms if value[v]),
+                                  sum(w for v, w in copies if value[v]) - phase))
+    if peak is not None:
+        mdl.model.add_hint(*peak)
 
 
-def parameters(opts: SolverOptions, wall_s: float, det_s: float | None) -> cp_model.CpSolver:
+def parameters(opts: SolverOptions, wall_s: float, work: float | None,
+               relative_gap: float | None = None) -> cp_model.CpSolver:
+    """A solver that stops after `work` deterministic seconds (None: on the wall clock only),
+    with the wall clock at `wall_s` as the safety net, or within `relative_gap` (default:
+    opts.relative_gap) of its bound."""
     # NOTE [Determinism]
     # CP-SAT's answer depends only on the model and parameters when (a) the search is one
     # worker, or several with interleave_search (subsolver tasks run in fixed batches) and
     # (b) it stops on a deterministic-time limit, the gap limit or optimality, never on the
     # wall clock. opts.deterministic sets both and keeps the wall limit only as a safety net; a
-    # run that hits it gets a warning that ranks may disagree. The rest of the pipeline (greedy,
+    # run that hits it raises SearchTimeoutError (lazy.py). The rest of the pipeline (greedy,
     # lazy rounds that stop at the first solution breaking a missing row, the best-plan
     # callback) is deterministic given the solver's answers. Measured on 2 shared cores,
     # interleaved search with 2 workers was 5-10x slower than one worker on the synthetic GPT,
@@ -313,9 +353,10 @@ def parameters(opts: SolverOptions, wall_s: float, det_s: float | None) -> cp_mo
     prm.num_workers = opts.workers
     prm.random_seed = opts.seed
     prm.max_time_in_seconds = max(wall_s, 0.01)
-    prm.relative_gap_limit = opts.relative_gap
+    prm.relative_gap_limit = opts.relative_gap if relative_gap is None else relative_gap
+    prm.linearization_level = LINEARIZATION_LEVEL
     if opts.deterministic:
         prm.interleave_search = opts.workers > 1
-        if det_s is not None:
-            prm.max_deterministic_time = max(det_s, 0.01)
+        if work is not None:
+            prm.max_deterministic_time = max(work, 0.001)
     return solver

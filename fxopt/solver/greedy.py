@@ -76,7 +76,7 @@ def _options_for(problem: Problem, i: int, opts: SolverOptions, dem: Sequence[in
         out.append((Kind.RECOMPUTE, None, c.recompute_us))
     if not c.bwd_uses or min(dem) < problem.anchor(c.bwd_uses[0]):
         return out
-    lowbit = bool(opts.allow_lowbit) and c.lowbit_bytes > 0 and not read_by_recompute
+    lowbit = c.stores_lowbit(opts.allow_lowbit) and not read_by_recompute
     if lowbit:
         out.append((Kind.LOWBIT, None, c.cast_us + opts.lowbit_penalty_us))
     if opts.allow_offload and c.copy_us > 0:

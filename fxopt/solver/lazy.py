@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from ortools.sat.python import cp_model
 
 from fxopt.plan import Decision, Status
-from fxopt.solver.cpsat import DETERMINISTIC_SHARE, Model, add_rows, build, decode, hint, parameters
+from fxopt.solver.cpsat import Model, add_rows, build, decode, hint, parameters
+from fxopt.solver.errors import SearchTimeoutError
 from fxopt.solver.options import SolverOptions
 from fxopt.solver.problem import Problem
 from fxopt.solver.validate import Simulation, simulate
@@ -40,7 +41,8 @@ class LazyResult:
     status: OPTIMAL (proven over the model's choices), WITHIN_GAP (within opts.relative_gap
     of the bound), FEASIBLE (a time or round limit was hit), INFEASIBLE (no choice of the model
     fits), UNKNOWN (a limit was hit before any plan): see `fxopt.plan.Status`.
-    bound: the solver's last proven bound on the objective (µs, or bytes in min-peak mode)."""
+    bound: the solver's last proven bound on the objective (µs, or bytes in min-peak mode).
+    work: deterministic work spent (CP-SAT's deterministic seconds, every round)."""
 
     best: tuple[tuple[Decision, ...], Simulation] | None
     status: Status
@@ -48,6 +50,7 @@ class LazyResult:
     rounds: int
     rows: int
     warnings: list[str]
+    work: float = 0.0
 
 
 class _LazyRun:
@@ -79,24 +82,37 @@ class _LazyRun:
         return [s for _, s in sorted(over, key=lambda t: (-t[0], t[1]))[:8]]
 
 
-def initial_rows(problem: Problem, starts: Sequence[Simulation]) -> set[int]:
-    """Peak steps of the start plans plus the highest step of each 1/16 of the schedule."""
+# NOTE [Initial rows]
+# Every memory row is dense (it sums every tensor alive at its step), and CP-SAT's linear
+# relaxation carries each one: on meta-device GPTs, 17 rows made its LP slow and its bound
+# weak, while the plans it found broke no other row. So a search for the cheapest plan starts
+# with the rows a feasible start plan is tightest at: its peak steps. Where the start is over
+# the budget (keep-everything, when the greedy plan failed), the highest violated step of each
+# 1/16 of the schedule is added. The lowest-peak search flattens the peak over many steps, so it
+# starts with the highest step of every 1/16 (fewer rounds, each of which restarts CP-SAT).
+def initial_rows(problem: Problem, starts: Sequence[Simulation], budget: int | None) -> set[int]:
+    """The first memory rows (NOTE [Initial rows])."""
     rows = {sim.peak_step for sim in starts}
     mem = starts[0].memory
     S = problem.num_steps
     for k in range(16):
         lo, hi = k * S // 16, (k + 1) * S // 16
         if lo < hi:
-            rows.add(max(range(lo, hi), key=lambda s: (mem[s], -s)))
+            top = max(range(lo, hi), key=lambda s: (mem[s], -s))
+            if budget is None or mem[top] > budget:
+                rows.add(top)
     return rows
 
 
 def solve_lazy(problem: Problem, opts: SolverOptions, budget: int | None,
-               starts: Sequence[tuple[Decision, ...]], deadline: float,
+               starts: Sequence[tuple[Decision, ...]], work: float, deadline: float,
                fallback: tuple[Decision, ...] | None = None) -> LazyResult:
-    """Solve -> simulate -> add violated steps -> re-solve, within `deadline` (monotonic s).
-    budget None minimises the peak instead of the time (for InfeasibleBudgetError). starts are
-    hinted; fallback is only a candidate answer."""
+    """Solve -> simulate -> add violated steps -> re-solve, within `work` deterministic seconds
+    in all (NOTE [Work limit and safety net] in options.py); `deadline` (monotonic s) is the
+    wall-clock safety net, and a search it stops raises SearchTimeoutError (with
+    deterministic=False it is the limit instead). budget None minimises the peak instead of
+    the time (for InfeasibleBudgetError). starts are hinted; fallback is only a candidate
+    answer."""
     run = _LazyRun(problem, opts, budget)
     sims = [run.consider(d) for d in starts]
     if fallback is not None:  # a valid but poor plan: kept as the answer, never as the hint,
@@ -109,41 +125,109 @@ def solve_lazy(problem: Problem, opts: SolverOptions, budget: int | None,
         cap: int | cp_model.IntVar = run.peak_var
     else:
         cap = budget
-    add_rows(mdl, cap, initial_rows(problem, sims))
-    det_left = opts.time_limit_s * DETERMINISTIC_SHARE
-    status, bound, warnings, rounds = Status.UNKNOWN, None, [], 0
-    while rounds < opts.lazy_rounds:
-        wall_left = deadline - time.monotonic()
-        if wall_left <= 0 or det_left <= 0:
-            status = Status.FEASIBLE if run.best else Status.UNKNOWN
-            break
-        rounds += 1
-        hint(mdl, run.hint[0] if run.hint else starts[0])
-        solver = parameters(opts, wall_left, det_left)
-        cb = _Callback(mdl, run)
-        code = solver.solve(mdl.model, cb)
-        det_left -= solver.deterministic_time
-        if code == cp_model.MODEL_INVALID:
-            raise RuntimeError(f"internal error: invalid CP-SAT model: {mdl.model.validate()}")
-        if code == cp_model.INFEASIBLE:
-            status = Status.INFEASIBLE
-            break
-        if cb.violated:  # stopped early: model the broken steps and go again
-            add_rows(mdl, cap, cb.violated)
-            continue
-        if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            bound = math.ceil(solver.best_objective_bound - 1e-6)
-            status = Status.FEASIBLE
-            if code == cp_model.OPTIMAL and run.best is not None:  # proven, or within the gap
-                status = Status.OPTIMAL if bound >= run.key(run.best[1])[0] else Status.WITHIN_GAP
-            if code == cp_model.FEASIBLE and wall_left - solver.wall_time <= 0.05 \
-                    and opts.deterministic:
-                warnings.append("the wall-clock limit stopped CP-SAT before its deterministic "
-                                "limit: plans may differ between ranks; raise time_limit_s")
-            break
-        status = Status.FEASIBLE if run.best else Status.UNKNOWN  # cp_model.UNKNOWN: out of time
-        break
-    else:
-        status = Status.FEASIBLE if run.best else Status.UNKNOWN
-        warnings.append(f"stopped after {rounds} lazy rounds with memory rows still missing")
-    return LazyResult(run.best, status, bound, rounds, len(mdl.rows), warnings)
+    add_rows(mdl, cap, initial_rows(problem, sims, budget))
+    search = _Search(mdl, run, cap, work, deadline, (starts[0], sims[0]))
+    search.rounds(work * IMPROVE_SHARE, lb_search=False)
+    if search.status is Status.FEASIBLE:  # not proven: the rest of the work raises the bound
+        search.rounds(work, lb_search=True)
+    elif search.status is Status.UNKNOWN:  # no plan yet: keep looking for one
+        search.rounds(work, lb_search=False)
+    return LazyResult(run.best, search.status, search.bound, search.count, len(mdl.rows),
+                      search.warnings, round(search.spent, 3))
+
+
+# NOTE [Search]
+# Measured on meta-device GPTs of 12 to 96 layers (benchmarks/bench_planner.py), one CP-SAT
+# worker is good at one of two things depending on how it is set, never at both: the default
+# search with the full linear relaxation (linearization_level 2) improves on the greedy plan
+# but can leave its bound 1% short for good, and objective lower-bound search proves the
+# bound in a fraction of a second where the other never does, but finds no better plan. So
+# the work is spent in two phases on the same model: IMPROVE_SHARE of it improving the plan
+# (stopping early once within relative_gap of the bound), the rest raising the bound from the
+# best plan found. The bound of every run is a valid lower bound (a run that saw fewer memory
+# rows solved a relaxation), so the highest one counts. Both phases are deterministic.
+IMPROVE_SHARE = 0.75
+
+
+class _Search:
+    """The rounds of one lazy search: what they spent, the best bound, the status so far."""
+
+    def __init__(self, mdl: Model, run: _LazyRun, cap: int | cp_model.IntVar, work: float,
+                 deadline: float, start: tuple[tuple[Decision, ...], Simulation]) -> None:
+        self.mdl, self.run, self.cap, self.work, self.deadline = mdl, run, cap, work, deadline
+        self.start = start
+        self.status, self.spent, self.count = Status.UNKNOWN, 0.0, 0
+        self.bound: int | None = None
+        self.warnings: list[str] = []
+
+    def rounds(self, until: float, lb_search: bool) -> None:
+        """Solve -> simulate -> add rows -> solve again until the work spent reaches `until`,
+        a proof, or a round that breaks no missing row."""
+        mdl, run, opts = self.mdl, self.run, self.run.opts
+        # the lowest peak is searched to a proof: a minimum "within the gap" is no minimum
+        gap = None if run.budget is not None else 0.0
+        while self.count < opts.lazy_rounds:
+            wall_left = self.deadline - time.monotonic()
+            if opts.deterministic and wall_left <= 0:
+                raise _timeout(opts, self.work, self.spent, run)
+            if wall_left <= 0 or self.spent >= until:
+                self._settle(None)
+                return
+            self.count += 1
+            hinted = run.hint or self.start
+            hint(mdl, hinted[0], None if run.peak_var is None else
+                 (run.peak_var, hinted[1].peak_bytes))
+            solver = parameters(opts, wall_left, until - self.spent if opts.deterministic
+                                else None, gap)
+            solver.parameters.use_objective_lb_search = lb_search
+            cb = _Callback(mdl, run)
+            code = solver.solve(mdl.model, cb)
+            self.spent += solver.deterministic_time
+            if code == cp_model.MODEL_INVALID:
+                raise RuntimeError(f"internal error: invalid CP-SAT model: "
+                                   f"{mdl.model.validate()}")
+            if code == cp_model.INFEASIBLE:
+                self.status = Status.INFEASIBLE
+                return
+            if cb.violated:  # stopped early: model the broken steps and go again
+                add_rows(mdl, self.cap, cb.violated)
+                continue
+            if code != cp_model.OPTIMAL and opts.deterministic and \
+                    self.spent < until * (1 - 1e-6) and solver.wall_time >= 0.98 * wall_left:
+                raise _timeout(opts, self.work, self.spent, run)  # the clock stopped it
+            self._settle(math.ceil(solver.best_objective_bound - 1e-6)
+                         if code in (cp_model.OPTIMAL, cp_model.FEASIBLE) else None)
+            return
+        self._settle(None)
+        self.warnings.append(f"stopped after {self.count} lazy rounds with memory rows still "
+                             "missing")
+
+    def _settle(self, bound: int | None) -> None:
+        """The status from the best plan and the highest bound so far."""
+        if bound is not None:
+            self.bound = bound if self.bound is None else max(self.bound, bound)
+        best = self.run.best
+        if best is None:
+            self.status = Status.UNKNOWN
+            return
+        value = self.run.key(best[1])[0]
+        gap = self.run.opts.relative_gap if self.run.budget is not None else 0.0
+        if self.bound is not None and self.bound >= value:
+            self.status = Status.OPTIMAL
+        elif self.bound is not None and value - self.bound <= gap * value:
+            self.status = Status.WITHIN_GAP
+        else:
+            self.status = Status.FEASIBLE
+
+
+def _timeout(opts: SolverOptions, work: float, spent: float, run: _LazyRun
+             ) -> SearchTimeoutError:
+    best = "" if run.best is None else \
+        f"; the best plan so far peaks at {run.best[1].peak_bytes} B"
+    limit = "time_limit_s" if opts.time_limit_s is not None else "the automatic time_limit_s"
+    return SearchTimeoutError(
+        f"the planner's wall-clock safety net ({limit}) stopped the search after "
+        f"{spent:.2f} of the {work:g} deterministic seconds of work it was given (from "
+        f"work_limit){best}. A plan "
+        "cut short by the clock depends on this machine's speed and load, so none is returned: "
+        "raise time_limit_s (FXOPT_TIME_LIMIT) or lower work_limit (FXOPT_WORK_LIMIT).")

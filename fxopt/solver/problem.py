@@ -13,6 +13,8 @@ import math
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
+from fxopt.plan import LOWBIT_FORMATS, LowbitFormat
+
 # NOTE [Schedule and lifetimes]
 # Steps 0..S-1 are the fixed execution order: forward steps [0, num_fwd_steps), then backward
 # steps [num_fwd_steps, S). Memory at step s is
@@ -39,6 +41,9 @@ class Candidate:
     recompute_us: time to recompute it from its inputs.
     recomputable: False for in-place mutation, collectives, RNG without state replay.
     lowbit_bytes: size of the low-bit copy including scales; 0 when it is not eligible.
+    lowbit_formats: the low-bit formats that may store it where it is eligible (fp8 only for a
+        tensor the backward compares with zero: NOTE [Comparisons and int8] in
+        fxopt/lowbit_rules.py).
     cast_us: quantise + dequantise time for the low-bit copy.
     copy_us: host<->device copy time of the full tensor, per direction; 0 disables offload.
     must_recompute: the model's own checkpoint policy requires recomputing it (a hard
@@ -57,6 +62,7 @@ class Candidate:
     cast_us: int = 0
     copy_us: int = 0
     must_recompute: bool = False
+    lowbit_formats: tuple[LowbitFormat, ...] = LOWBIT_FORMATS
 
     @property
     def first_bwd_use(self) -> int | None:
@@ -65,6 +71,10 @@ class Candidate:
     @property
     def last_bwd_use(self) -> int | None:
         return self.bwd_uses[-1] if self.bwd_uses else None
+
+    def stores_lowbit(self, fmt: LowbitFormat | None) -> bool:
+        """Whether low-bit storage in `fmt` (the options' format; None: none) is a choice."""
+        return fmt is not None and self.lowbit_bytes > 0 and fmt in self.lowbit_formats
 
     @property
     def lowbit_copy_us(self) -> int:
@@ -128,12 +138,19 @@ class Problem:
         out = asdict(self)
         if not self.other_copies:  # hashes of single-run problems stay what they were
             del out["other_copies"]
+        for c in out["candidates"]:  # and so do those where every format may store each
+            if tuple(c["lowbit_formats"]) == LOWBIT_FORMATS:
+                del c["lowbit_formats"]
+            else:
+                c["lowbit_formats"] = [f.value for f in c["lowbit_formats"]]
         return out
 
     @classmethod
     def from_json_dict(cls, data: dict) -> Problem:
         cands = tuple(
-            Candidate(**{**c, "bwd_uses": tuple(c["bwd_uses"]), "inputs": tuple(c["inputs"])})
+            Candidate(**{**c, "bwd_uses": tuple(c["bwd_uses"]), "inputs": tuple(c["inputs"]),
+                         "lowbit_formats": tuple(LowbitFormat.parse(f) for f in c.get(
+                             "lowbit_formats", LOWBIT_FORMATS))})
             for c in data["candidates"]
         )
         return cls(data["num_steps"], data["num_fwd_steps"], tuple(data["fixed_bytes"]),
@@ -188,6 +205,9 @@ def _check_problem(p: Problem) -> None:
             raise ProblemError(f"{where}: sizes and times must be non-negative")
         if c.lowbit_bytes > c.bytes:
             raise ProblemError(f"{where}: lowbit_bytes {c.lowbit_bytes} > bytes {c.bytes}")
+        if not c.lowbit_formats or any(type(f) is not LowbitFormat for f in c.lowbit_formats):
+            raise ProblemError(f"{where}: lowbit_formats must be a non-empty tuple of "
+                               f"LowbitFormat, got {c.lowbit_formats!r}")
 
 
 def to_us(seconds: float) -> int:

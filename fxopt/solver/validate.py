@@ -29,9 +29,9 @@ from fxopt.solver.problem import Candidate, Problem
 #                   its first own backward use.
 #   LOWBIT_OFFLOAD  quantised at f: low-bit bytes on [f+1, D'], on [q, b-1], full on [b, L].
 # Structural rules: RECOMPUTE only for recomputable candidates, and for every demanded
-# must_recompute one; the low-bit and offload kinds
-# only for candidates with backward uses of their own (a tensor only recomputations read is kept
-# or recomputed), low-bit only where lowbit_bytes > 0, offload only where copy_us > 0; an
+# must_recompute one; the low-bit and offload kinds only for candidates with backward uses of
+# their own (a tensor only recomputations read is kept or recomputed), low-bit only where
+# lowbit_bytes > 0 and in one of its lowbit_formats, offload only where copy_us > 0; an
 # offloaded tensor may not be read by a recomputation before its own first backward use b (so
 # its prefetch is judged against b); a recomputation never reads a low-bit tensor (the rounding
 # would reach values the low-bit rules did not vet, such as a batch norm's input recomputed by
@@ -171,6 +171,9 @@ def _check(problem: Problem, i: int, dec: Decision, dem: list[int]) -> None:
             raise InvalidPlanError(f"{where}: not eligible for low-bit storage")
         if not isinstance(dec.fmt, LowbitFormat):
             raise InvalidPlanError(f"{where}: unknown low-bit format {dec.fmt!r}")
+        if not c.stores_lowbit(dec.fmt):
+            raise InvalidPlanError(f"{where}: {dec.fmt} may not store it (only "
+                                   f"{', '.join(map(str, c.lowbit_formats))})")
     if dec.kind.offloaded:
         if c.copy_us <= 0 or not c.bwd_uses:
             raise InvalidPlanError(f"{where}: not eligible for offload")
