@@ -65,8 +65,24 @@ def test_link_is_shared_between_copies() -> None:
     b = Candidate("b", 100, 1, 1, (4,), copy_us=20)
     p = Problem(6, 3, (0,) * 6, (10,) * 6, (a, b))
     sim = simulate(p, [Decision("a", Kind.OFFLOAD, 3), Decision("b", Kind.OFFLOAD, 3)])
-    # each copy alone is hidden, but 40 us of copies in 30 us of forward expose 10
-    assert sim.exposed_d2h_us == 10
+    # each copy alone is hidden; queued, a's copy runs 10-30 us and b's 30-50 us, joined at
+    # the forward's end (30 us): 20 exposed (NOTE [Copy queues])
+    assert sim.exposed_d2h_us == 20
+
+
+def test_copies_issued_late_in_the_forward_queue() -> None:
+    """NOTE [Copy queues]: two copies issued before step 4 of a 6-step forward each fit the
+    20 us left; queued, the second is exposed by 20 us. Prefetched for uses at 7 and 8, the
+    copies read by step 8 (40 us) meet 20 us of backward before it."""
+    a = Candidate("a", 100, 3, 3, (8,), copy_us=20)
+    b = Candidate("b", 100, 3, 3, (7,), copy_us=20)
+    p = Problem(10, 6, (0,) * 10, (10,) * 10, (a, b))
+    alone = simulate(p, [Decision("a", Kind.OFFLOAD, 8), Decision("b", Kind.KEEP)])
+    assert alone.exposed_d2h_us == 0 and alone.exposed_h2d_us == 20
+    both = simulate(p, [Decision("a", Kind.OFFLOAD, 6), Decision("b", Kind.OFFLOAD, 6)])
+    assert both.exposed_d2h_us == 20
+    # their own windows leave 10 us; by step 8, 40 us of copies meet 20 us of backward
+    assert both.exposed_h2d_us == 20
 
 
 def chain_problem() -> Problem:

@@ -10,7 +10,14 @@ from ortools.sat.python import cp_model
 from fxopt.plan import Choices, Decision, Kind
 from fxopt.solver.options import SolverOptions
 from fxopt.solver.problem import Problem, byte_unit
-from fxopt.solver.validate import d2h_window, demands, h2d_exposed, prefetch_points
+from fxopt.solver.validate import (
+    d2h_issue,
+    d2h_window,
+    demands,
+    h2d_exposed,
+    prefetch_points,
+    simulate,
+)
 
 # NOTE [CP-SAT model]
 # Per candidate i, one boolean per choice, exactly one true: keep_i, rec[i,k] / lb[i,k] for each
@@ -54,9 +61,12 @@ class Model:
     ext: list[list[tuple[int, cp_model.IntVar]]]  # per candidate: (extension point, z var)
     last_own: list[int]
     objective_terms: list[tuple[cp_model.IntVar, int]] = field(default_factory=list)
-    # per copy direction: (exposed-time variable, exposure terms, copy terms, phase compute)
-    links: list[tuple[cp_model.IntVar, list[tuple[cp_model.IntVar, int]],
-                      list[tuple[cp_model.IntVar, int]], int]] = field(default_factory=list)
+    # copy queues (NOTE [Copy queues]): per direction, the cumulative copy time variables by
+    # step and, for each, the (choice variable, µs) terms it adds; and the exposed-time
+    # variables (device->host, host->device)
+    queues: list[list[tuple[cp_model.IntVar, list[tuple[cp_model.IntVar, int]]]]] = field(
+        default_factory=list)
+    exposed: list[cp_model.IntVar] = field(default_factory=list)
     rows: set[int] = field(default_factory=set)
 
 
@@ -108,13 +118,13 @@ def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> M
     whose rows compare against a peak variable)."""
     m = cp_model.CpModel()
     pts = restore_points(problem, opts)
-    F, S = problem.num_fwd_steps, problem.num_steps
+    F = problem.num_fwd_steps
     unit = 1 if exact_bytes else byte_unit(problem)
     mdl = Model(problem, opts, m, unit, [], [], [], [])
     obj = mdl.objective_terms
-    d2h_terms: list[tuple[cp_model.IntVar, int]] = []
-    d2h_copy: list[tuple[cp_model.IntVar, int]] = []
-    h2d_terms: list[tuple[cp_model.IntVar, int]] = []
+    d2h: dict[int, list[tuple[cp_model.IntVar, int]]] = {}  # issue step -> (var, µs)
+    h2d: dict[int, list[tuple[cp_model.IntVar, int]]] = {}  # first use -> (var, µs)
+    h2d_own: list[tuple[cp_model.IntVar, int]] = []  # (var, exposure of its own window)
     for i, c in enumerate(problem.candidates):
         keep = m.new_bool_var(f"keep{i}")
         ch: list[tuple[Kind, int, cp_model.IntVar]] = []
@@ -134,16 +144,16 @@ def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> M
                 kinds.append(Kind.LOWBIT_OFFLOAD)
             for kind in kinds:
                 lb = kind is Kind.LOWBIT_OFFLOAD
-                d_exp = d2h_window(problem, c, lb)[1]
                 copy = c.lowbit_copy_us if lb else c.copy_us
+                assert c.first_bwd_use is not None
                 for q in prefetch_points(problem, c, lb, opts.prefetch_points):
                     v = m.new_bool_var(f"{kind.value}{i}_{q}")
                     ch.append((kind, q, v))
                     if lb:
                         obj.append((v, c.cast_us + opts.lowbit_penalty_us))
-                    d2h_terms.append((v, d_exp))
-                    d2h_copy.append((v, copy))
-                    h2d_terms.append((v, h2d_exposed(problem, c, q, lb)))
+                    d2h.setdefault(d2h_issue(c, lb), []).append((v, copy))
+                    h2d.setdefault(c.first_bwd_use, []).append((v, copy))
+                    h2d_own.append((v, h2d_exposed(problem, c, q, lb)))
         if c.must_recompute and pts[i]:  # the model's checkpoint policy: nothing else
             for kind, _, v in ch:
                 if kind is not Kind.RECOMPUTE:
@@ -176,18 +186,37 @@ def build(problem: Problem, opts: SolverOptions, exact_bytes: bool = False) -> M
         if not c.bwd_uses:  # a support tensor restores inside its demanded range
             for kind, k, v in mdl.choices[i]:
                 m.add_implication(v, next(z for kk, z in ext if kk >= k))
-    # link model: per direction max(sum of exposures, sum of copies - phase compute)
-    if d2h_terms:
-        for terms, copies, phase in ((d2h_terms, d2h_copy, problem.compute_us(0, F - 1)),
-                                     (h2d_terms, d2h_copy, problem.compute_us(F, S - 1))):
-            hi = sum(t for _, t in copies) + sum(t for _, t in terms)
-            x = m.new_int_var(0, hi, "exposed")
-            m.add(x >= _wsum(terms))
-            m.add(x >= _wsum(copies) - phase)
-            obj.append((x, 1))
-            mdl.links.append((x, terms, copies, phase))
+    # the copy queues (NOTE [Copy queues]), one exposed-time variable per direction
+    if d2h:
+        x = m.new_int_var(0, sum(us for ts in d2h.values() for _, us in ts), "exposed_d2h")
+        for total, step in zip(_cumulative(mdl, d2h, reverse=True), sorted(d2h, reverse=True)):
+            m.add(x >= total - problem.compute_us(step, F - 1))
+        hi = sum(us for ts in h2d.values() for _, us in ts) + sum(e for _, e in h2d_own)
+        y = m.new_int_var(0, hi, "exposed_h2d")
+        m.add(y >= _wsum(h2d_own))
+        for total, step in zip(_cumulative(mdl, h2d, reverse=False), sorted(h2d)):
+            m.add(y >= total - problem.compute_us(F, step - 1))
+        obj += [(x, 1), (y, 1)]
+        mdl.exposed += [x, y]
     m.minimize(_wsum(obj))
     return mdl
+
+
+def _cumulative(mdl: Model, by_step: dict[int, list[tuple[cp_model.IntVar, int]]],
+                reverse: bool) -> list[cp_model.IntVar]:
+    """Copy time issued at or after each step (reverse) or read at or before it, as a chain
+    of variables, one per step in that order (NOTE [Copy queues])."""
+    m = mdl.model
+    top = sum(us for ts in by_step.values() for _, us in ts)
+    out: list[cp_model.IntVar] = []
+    queue: list[tuple[cp_model.IntVar, list[tuple[cp_model.IntVar, int]]]] = []
+    for step in sorted(by_step, reverse=reverse):
+        total = m.new_int_var(0, top, f"copies_{'after' if reverse else 'by'}_{step}")
+        m.add(total == (out[-1] if out else 0) + _wsum(by_step[step]))
+        out.append(total)
+        queue.append((total, by_step[step]))
+    mdl.queues.append(queue)
+    return out
 
 
 def _wsum(terms: Iterable[tuple[cp_model.IntVar, int]]) -> cp_model.LinearExprT:
@@ -324,9 +353,15 @@ def hint(mdl: Model, decisions: Sequence[Decision],
     for i, ext in enumerate(mdl.ext):
         for k, z in ext:  # still demanded at k: some recomputation reads i at or after k
             mdl.model.add_hint(z, last[i] >= k)
-    for x, terms, copies, phase in mdl.links:
-        mdl.model.add_hint(x, max(0, sum(w for v, w in terms if value[v]),
-                                  sum(w for v, w in copies if value[v]) - phase))
+    for queue in mdl.queues:
+        total = 0
+        for var, terms in queue:
+            total += sum(us for v, us in terms if value[v])
+            mdl.model.add_hint(var, total)
+    if mdl.exposed:
+        sim = simulate(mdl.problem, decisions)
+        for var, val in zip(mdl.exposed, (sim.exposed_d2h_us, sim.exposed_h2d_us)):
+            mdl.model.add_hint(var, val)
     if peak is not None:
         mdl.model.add_hint(*peak)
 

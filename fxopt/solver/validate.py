@@ -38,13 +38,28 @@ from fxopt.solver.problem import Candidate, Problem
 # a convolution from a rounded ReLU output, and compound through every recomputed layer).
 #
 # NOTE [Copy exposure model]
-# A copy runs on its own stream and overlaps with compute. Device->host of an OFFLOAD tensor
-# starts after step p (LOWBIT_OFFLOAD: after f, once quantised) and ends at the first step
-# D >= f by which the compute time since its start covers the copy time; if forward ends first,
-# D = F-1 and the rest of the copy is exposed. A prefetch issued at q is exposed by
-# max(0, copy - compute(q..b-1)). Copies share one link, so per direction the exposed total is
-#   max(sum of per-tensor exposures, sum of copy times - compute time of that phase)
-# (device->host against forward compute, host->device against backward compute).
+# Copies run on a side stream per direction and overlap with compute. Device->host of an
+# OFFLOAD tensor is issued after step p (LOWBIT_OFFLOAD: after f, once quantised); its memory
+# lives until step D, the first step >= f by which the compute time since the copy's issue
+# covers the copy time (D = F-1 if forward ends first), and the copy is joined before step
+# D + 1 (the forward's end when D = F-1). A prefetch is issued before step q and waited for
+# before b, the tensor's first backward use. At a join or a wait the main stream stalls until
+# that copy is done.
+#
+# NOTE [Copy queues]
+# The copies of one direction share one stream (fxopt/ops/offload.py), and none starts before
+# it is issued. Measured on an H200, 4 offloads of a 12-layer GPT that each fitted their own
+# window cost 15 ms where a window-per-copy model said 3.5: they were issued late in the
+# forward and queued. So, besides each copy's own window, per direction:
+#   device->host: the copies issued at or after step s all run after T(s), so what the rest of
+#     the forward, compute(s..F-1), leaves of them is exposed (at the joins by its end):
+#       exposed = max(0, max over s of [copies issued at or after s - compute(s..F-1)])
+#     (one copy: its own window's exposure; s = 0: the whole forward against all copies);
+#   host->device: the prefetches read at or before step e all run in the backward before e:
+#       exposed = max(sum of each prefetch's own exposure,
+#                     max over e of [copies read at or before e - compute(F..e-1)]).
+# What a queue adds at a join inside the forward is not modelled: an exact queue (a max per
+# copy in CP-SAT) made a 4-layer GPT with offload 25 times slower to solve.
 #
 # NOTE [Copies in flight]
 # One compiled graph can run several times before the first of those runs reaches its backward:
@@ -73,7 +88,7 @@ def held_per_copy(problem: Problem, decisions: Sequence[Decision],
 
 def d2h_window(problem: Problem, c: Candidate, lowbit: bool) -> tuple[int, int]:
     """(last step the device copy is alive while being copied out, exposed µs)."""
-    start = c.last_fwd_use + 1 if lowbit else c.produced + 1
+    start = d2h_issue(c, lowbit)
     copy = c.lowbit_copy_us if lowbit else c.copy_us
     last_fwd = problem.num_fwd_steps - 1
     # smallest s >= last_fwd_use with compute(start..s) >= copy, by bisection on prefix sums
@@ -90,6 +105,32 @@ def copy_done_steps(problem: Problem, decisions: Sequence[Decision]) -> dict[str
     end). The offload pass joins the copy there."""
     return {d.name: d2h_window(problem, c, d.kind is Kind.LOWBIT_OFFLOAD)[0] + 1
             for c, d in zip(problem.candidates, decisions) if d.kind.offloaded}
+
+
+def d2h_issue(c: Candidate, lowbit: bool) -> int:
+    """The step before which the copy out of c is issued (after p; once quantised, after f)."""
+    return c.last_fwd_use + 1 if lowbit else c.produced + 1
+
+
+def d2h_queue_exposed(problem: Problem, copies: Sequence[tuple[int, int]]) -> int:
+    """Exposed device->host time of copies given as (issue step, µs) (NOTE [Copy queues])."""
+    exposed = after = 0
+    F = problem.num_fwd_steps
+    for step, us in sorted(copies, reverse=True):
+        after += us
+        exposed = max(exposed, after - problem.compute_us(step, F - 1))
+    return exposed
+
+
+def h2d_queue_exposed(problem: Problem, copies: Sequence[tuple[int, int, int]]) -> int:
+    """Exposed host->device time of prefetches given as (first use step, µs, exposure of its
+    own window) (NOTE [Copy queues])."""
+    exposed = before = 0
+    F = problem.num_fwd_steps
+    for step, us, _ in sorted(copies):
+        before += us
+        exposed = max(exposed, before - problem.compute_us(F, step - 1))
+    return max(exposed, sum(own for _, _, own in copies))
 
 
 def h2d_exposed(problem: Problem, c: Candidate, prefetch: int, lowbit: bool) -> int:
@@ -219,11 +260,12 @@ def simulate(problem: Problem, decisions: Sequence[Decision]) -> Simulation:
     n = len(problem.candidates)
     if len(decisions) != n:
         raise InvalidPlanError(f"plan has {len(decisions)} decisions for {n} candidates")
-    S, F = problem.num_steps, problem.num_fwd_steps
+    S = problem.num_steps
     delta = [0] * (S + 1)
     dem_all = demands(problem, decisions)
     rec = cast = lowbit = 0
-    d2h_exp = d2h_sum = h2d_exp = h2d_sum = 0
+    d2h: list[tuple[int, int]] = []
+    h2d: list[tuple[int, int, int]] = []
     for i, (c, dec) in enumerate(zip(problem.candidates, decisions)):
         dem = dem_all[i]
         _check(problem, i, dec, dem)
@@ -245,11 +287,10 @@ def simulate(problem: Problem, decisions: Sequence[Decision]) -> Simulation:
             lowbit += 1
         if kind.offloaded:
             lb = kind is Kind.LOWBIT_OFFLOAD
-            d2h_exp += d2h_window(problem, c, lb)[1]
-            h2d_exp += h2d_exposed(problem, c, dec.restore_step, lb)  # type: ignore[arg-type]
             copy = c.lowbit_copy_us if lb else c.copy_us
-            d2h_sum += copy
-            h2d_sum += copy
+            assert c.first_bwd_use is not None and dec.restore_step is not None
+            d2h.append((d2h_issue(c, lb), copy))
+            h2d.append((c.first_bwd_use, copy, h2d_exposed(problem, c, dec.restore_step, lb)))
     memory = []
     live = problem.other_copies * held_per_copy(problem, decisions, dem_all) \
         if problem.other_copies else 0
@@ -260,8 +301,8 @@ def simulate(problem: Problem, decisions: Sequence[Decision]) -> Simulation:
     return Simulation(
         memory=tuple(memory), peak_bytes=peak, peak_step=memory.index(peak), recompute_us=rec,
         cast_us=cast, lowbit_count=lowbit,
-        exposed_d2h_us=max(d2h_exp, d2h_sum - problem.compute_us(0, F - 1)),
-        exposed_h2d_us=max(h2d_exp, h2d_sum - problem.compute_us(F, S - 1)))
+        exposed_d2h_us=d2h_queue_exposed(problem, d2h),
+        exposed_h2d_us=h2d_queue_exposed(problem, h2d))
 
 
 def canonical(problem: Problem, kinds: Sequence[Kind], prefetch: Sequence[int | None],
