@@ -34,11 +34,12 @@ NOTE [Offload is opt-in]
 Offload is planned only where the user allows it (`offload=True`, `FXOPT_OFFLOAD=1`). On an H200
 (benchmarks/results/gpu_check_cuda.md) it is correct: 84 tensors of a GPT offloaded through
 Inductor give eager's gradients to 1e-6, and no buffer is reused before its copy is joined.
-But the plans it makes cost more time than the model says: copies queue on one stream per
-direction while the model gives each copy its own window, so a 12-layer GPT at 0.5 with 4
+But the plans it made cost more time than the model said: copies queue on one stream per
+direction while the model gave each copy its own window, so a 12-layer GPT at 0.5 with 4
 offloads ran at 45.9 ms against 30.5 ms for plain torch.compile (predicted: +3.5 ms), and
-PyTorch's activation_memory_budget=0.2 reached a lower peak at 36.3 ms. Until the model holds
-the queue, offload is the user's choice, for the memory it reaches (1475 MiB at 0.3, the
+PyTorch's activation_memory_budget=0.2 reached a lower peak at 36.3 ms. The model now bounds
+the queues (NOTE [Copy queues] in fxopt/solver/validate.py), which has not run on a GPU yet;
+until it has, offload is the user's choice, for the memory it reaches (1475 MiB at 0.3, the
 lowest of any configuration measured, at 172 ms a step).
 
 On CPU the same graph runs: offload copies into a separate host buffer and the rest are plain

@@ -212,7 +212,9 @@ def _cumulative(mdl: Model, by_step: dict[int, list[tuple[cp_model.IntVar, int]]
     queue: list[tuple[cp_model.IntVar, list[tuple[cp_model.IntVar, int]]]] = []
     for step in sorted(by_step, reverse=reverse):
         total = m.new_int_var(0, top, f"copies_{'after' if reverse else 'by'}_{step}")
-        m.add(total == (out[-1] if out else 0) + _wsum(by_step[step]))
+        terms = by_step[step]
+        added = cp_model.LinearExpr.weighted_sum([v for v, _ in terms], [us for _, us in terms])
+        m.add(total == (added + out[-1] if out else added))
         out.append(total)
         queue.append((total, by_step[step]))
     mdl.queues.append(queue)
