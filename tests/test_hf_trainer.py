@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = 4
 
 
-def run_example(tmp_path: Path, env: dict[str, str]) -> str:
+def start_example(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen:
     # FXOPT* from the caller's shell must not leak in; FXOPT_CACHE_DIR is conftest's private
     # cache holding the pinned CPU profile, so the subprocess plans with the same numbers.
     full_env = {k: v for k, v in os.environ.items()
@@ -25,10 +25,16 @@ def run_example(tmp_path: Path, env: dict[str, str]) -> str:
     full_env.update(env)
     full_env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor_cache")
     full_env["TORCHINDUCTOR_COMPILE_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "examples.hf_trainer", "--steps", str(STEPS)],
-                          env=full_env, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
-    return proc.stdout
+    full_env["OMP_NUM_THREADS"] = "1"  # two runs at once, one core each
+    return subprocess.Popen([sys.executable, "-m", "examples.hf_trainer", "--steps", str(STEPS)],
+                            env=full_env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, (stdout[-3000:], stderr[-3000:])
+    return stdout
 
 
 def losses(stdout: str) -> list[float]:
@@ -38,8 +44,9 @@ def losses(stdout: str) -> list[float]:
 
 
 def test_hf_trainer_same_losses_with_fxopt(tmp_path):
-    plain = run_example(tmp_path / "plain", {})
-    planned = run_example(tmp_path / "fxopt", {"FXOPT": "1", "FXOPT_BUDGET": "0.5"})
+    runs = [start_example(tmp_path / "plain", {}),
+            start_example(tmp_path / "fxopt", {"FXOPT": "1", "FXOPT_BUDGET": "0.5"})]
+    plain, planned = (finish(p) for p in runs)
 
     assert not any(line.startswith("fxopt") for line in plain.splitlines()), plain[-3000:]
     base, ours = losses(plain), losses(planned)
