@@ -262,6 +262,61 @@ def test_tensor_parallel_collectives_run_once(tmp_path: Path) -> None:
         assert r["grads"] < 1e-5
 
 
+def hf_llama_fsdp_ranks(rank: int) -> dict:
+    """A model fxopt did not write: Hugging Face's Llama (SDPA attention), every decoder layer
+    sharded with FSDP2 and compiled on its own, trained a few steps with plain Inductor and with
+    fxopt under one size per rank."""
+    import torch._dynamo
+    from torch.distributed.fsdp import fully_shard
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def train(backend_of: Callable[[nn.Module, torch.optim.Optimizer], object]) -> dict:
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        cfg = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=256,
+                          num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=128, use_cache=False,
+                          attn_implementation="sdpa")
+        model = LlamaForCausalLM(cfg)
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        backend = backend_of(model, opt)
+        for layer in model.model.layers:
+            layer.compile(backend=backend)
+        gen = torch.Generator().manual_seed(1 + rank)
+        losses = []
+        for _ in range(3):
+            ids = torch.randint(0, 256, (8, 128), generator=gen)
+            opt.zero_grad(set_to_none=True)
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        out: dict = {"losses": losses}
+        if not isinstance(backend, str):
+            report = backend.step_report()
+            out.update(fallbacks=len(report.fallbacks), graphs=len(report.graphs),
+                       copies=list(report.copies), plan_hash=backend.plan_hash())
+        return out
+
+    return {"inductor": train(lambda model, opt: "inductor"),
+            "fxopt": train(lambda model, opt: fd.backend(model, "28MiB", blocks=4,
+                                                         optimizer=opt))}
+
+
+def test_hugging_face_llama_under_fsdp2_plans_every_rank_alike(tmp_path: Path) -> None:
+    pytest.importorskip("transformers")
+    ranks = run_ranks(hf_llama_fsdp_ranks, tmp_path)
+    for r in ranks:
+        fx = r["fxopt"]
+        assert fx["fallbacks"] == 0 and fx["graphs"] >= 1
+        assert fx["losses"] == pytest.approx(r["inductor"]["losses"], rel=1e-5)
+        assert fx["copies"][0] >= 2  # the four layers share one graph: runs in flight
+    assert ranks[0]["fxopt"]["plan_hash"] == ranks[1]["fxopt"]["plan_hash"]
+
+
 def test_plan_pipeline_stages_on_the_meta_device() -> None:
     """Stage 0 and stage 3 of a 4-stage 1F1B pipeline planned for an H100 without a GPU or a
     process group: the first stage has 4 microbatches in flight and gets the tighter plan."""
