@@ -224,21 +224,19 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
 def _mark_inplace(view: GraphView, kernels: list[Kernel], rules: FusionRules) -> list[Kernel]:
     if not rules.inplace_buffers:
         return kernels
-    last_reader: dict[StorageKey, int] = {}
-    for i, k in enumerate(kernels):
+    readers: dict[StorageKey, int] = {}
+    for k in kernels:
         for r in k.reads:
-            last_reader[r] = i
+            readers[r] = readers.get(r, 0) + 1
     out: list[Kernel] = []
     taken: set[StorageKey] = set()
-    for i, k in enumerate(kernels):
+    for k in kernels:
         if k.kind in (OpKind.POINTWISE, OpKind.REDUCTION) and len(k.writes) == 1:
             size = view.storage_bytes(k.writes[0])
             for r in sorted(k.reads):
                 src = view[r[0]]
                 reusable = src.kind is not OpKind.PLACEHOLDER or src.role is Role.SAVED
-                # Inductor counts the uses still to run (scheduler's decide_inplace_update):
-                # the last reader may write in place, whatever ran before it
-                if (last_reader.get(r) == i and r not in taken and reusable
+                if (readers.get(r) == 1 and r not in taken and reusable
                         and not src.is_output and view.storage_bytes(r) == size and size > 0):
                     taken.add(r)
                     k = replace(k, inplace=r)
