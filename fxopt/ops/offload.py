@@ -72,6 +72,15 @@ def _side_stream(device: torch.device, direction: str) -> torch.cuda.Stream:
         return _streams[(index, direction)]
 
 
+def _wait_for(events: dict[int, torch.cuda.Event], key: int, device: torch.device) -> None:
+    """The current stream of `device` waits for the copy event stored under `key` (consumed);
+    nothing to wait for when no copy was recorded there."""
+    with _lock:
+        done = events.pop(key, None)
+    if done is not None:
+        torch.cuda.current_stream(device).wait_event(done)
+
+
 def _empty_like(x: torch.Tensor, device: torch.device | str, pin: bool = False) -> torch.Tensor:
     """An empty tensor with `x`'s size and strides where `x` is dense (a transposed attention
     output stays transposed: the backward kernels behind the prefetch were traced with those
@@ -113,12 +122,8 @@ def offload_join(x: torch.Tensor, host: torch.Tensor) -> None:
     """The main stream waits for the copy of `x` into `host` (no-op off CUDA). Reading `x` keeps
     its storage alive until here; declaring `host` written orders the join before anything
     that reads the host copy, and keeps it from being dropped as dead code."""
-    if x.device.type != "cuda":
-        return
-    with _lock:
-        done = _copied.pop(host.data_ptr(), None)
-    if done is not None:
-        torch.cuda.current_stream(x.device).wait_event(done)
+    if x.device.type == "cuda":
+        _wait_for(_copied, host.data_ptr(), x.device)
 
 
 @offload_join.register_fake
@@ -153,12 +158,8 @@ def _(host: torch.Tensor, device: torch.device) -> torch.Tensor:
 @custom_op("fxopt::wait_", mutates_args=("x",), tags=_TAGS)
 def wait_(x: torch.Tensor) -> None:
     """Orders the current stream after the prefetch that filled `x` (no-op off CUDA)."""
-    if x.device.type != "cuda":
-        return
-    with _lock:
-        done = _fetched.pop(x.data_ptr(), None)
-    if done is not None:
-        torch.cuda.current_stream(x.device).wait_event(done)
+    if x.device.type == "cuda":
+        _wait_for(_fetched, x.data_ptr(), x.device)
 
 
 @wait_.register_fake
