@@ -33,7 +33,6 @@ import copy
 import fcntl
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,13 @@ from typing import Any
 
 import torch
 
+from benchmarks.offload_reading import (
+    copy_overlap,
+    kernels_before_join,
+    kernels_before_wait,
+    reused_before_join,
+    summary,
+)
 from fxopt.plan import Kind
 
 RESULTS = Path(__file__).parent / "results"
@@ -90,75 +96,6 @@ def sync(device: str) -> None:
 FORCED_RTOL = {"offload": 1e-4, "lowbit_offload": 0.15}
 
 
-def summary(values: list[int]) -> dict[str, float]:
-    if not values:
-        return {}
-    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
-
-
-# the buffer an op reads first, also through a reinterpreting view
-_OFFLOAD = r"fxopt\.offload\.default\((?:reinterpret_tensor\()?(\w+)"
-_JOIN = r"fxopt\.offload_join\.default\((?:reinterpret_tensor\()?(\w+)"
-
-
-def reused_before_join(code: str) -> list[str]:
-    """Buffers of Inductor's generated forward that are freed or reused before the line that
-    joins their copy to host memory (an offload race in the generated code)."""
-    lines = code.splitlines()
-    bad = []
-    for i, line in enumerate(lines):
-        m = re.search(_JOIN, line)
-        if not m:
-            continue
-        buf = m.group(1)
-        freed = re.compile(rf"(\bdel {buf}\b)|(= {buf}; del {buf})")
-        if any(freed.search(earlier) for earlier in lines[:i]):
-            bad.append(buf)
-    return bad
-
-
-_KERNEL_CALL = re.compile(r"\.run\(|extern_kernels\.|cpp_fused|torch\.ops\.aten\.")
-
-
-def kernels_before_join(code: str) -> list[int]:
-    """For each offloaded buffer of Inductor's generated code: how many kernels run between the
-    start of its copy and the join (0: the main stream waits for the copy at once)."""
-    lines = code.splitlines()
-    starts = {}
-    counts = []
-    for i, line in enumerate(lines):
-        m = re.search(_OFFLOAD, line)
-        if m:
-            starts[m.group(1)] = i
-        m = re.search(_JOIN, line)
-        if m and m.group(1) in starts:
-            between = lines[starts[m.group(1)] + 1:i]
-            counts.append(sum(bool(_KERNEL_CALL.search(ln)) for ln in between))
-    return counts
-
-
-def kernels_before_wait(code: str) -> list[int]:
-    """For each prefetched buffer: how many kernels run between the prefetch and its wait."""
-    lines = code.splitlines()
-    starts = {}
-    counts = []
-    for i, line in enumerate(lines):
-        m = re.search(r"(\w+) = torch\.ops\.fxopt\.prefetch\.default\(", line)
-        if m:
-            starts[m.group(1)] = i
-            # the op's output is the buffer Inductor checks next (a kernel node, then its output)
-            for later in lines[i + 1:i + 4]:
-                out = re.search(r"assert_size_stride\((\w+)", later)
-                if out:
-                    starts[out.group(1)] = i
-                    break
-        m = re.search(r"fxopt\.wait_\.default\((?:reinterpret_tensor\()?(\w+)", line)
-        if m and m.group(1) in starts:
-            between = lines[starts[m.group(1)] + 1:i]
-            counts.append(sum(bool(_KERNEL_CALL.search(ln)) for ln in between))
-    return counts
-
-
 def part_forced(device: str, small: bool) -> dict[str, Any]:
     from torch._inductor.utils import run_and_get_code
 
@@ -185,62 +122,23 @@ def part_forced(device: str, small: bool) -> dict[str, Any]:
             errors.append(max(float((gc[n] - g).norm() / g.norm().clamp_min(1e-12))
                               for n, g in ge.items()))
         sync(device)
+        offloads, reused = code.count("fxopt.offload.default("), reused_before_join(code)
         out[label] = {
-            "offloads": code.count("fxopt.offload.default("),
+            "offloads": offloads,
             "joins": code.count("fxopt.offload_join.default("),
             "prefetches": code.count("fxopt.prefetch.default("),
             "waits": code.count("fxopt.wait_.default("),
-            "reused_before_join": reused_before_join(code),
+            "reused_before_join": reused,
             "kernels_before_join": summary(kernels_before_join(code)),
             "kernels_before_wait": summary(kernels_before_wait(code)),
             "max_grad_rel_err": max(errors), "max_loss_rel_err": max(loss_errors),
             "rtol": FORCED_RTOL[label],
-            "ok": max(errors) < FORCED_RTOL[label] and not reused_before_join(code)
-            and code.count("fxopt.offload.default(") > 0,
+            "ok": max(errors) < FORCED_RTOL[label] and not reused and offloads > 0,
         }
     return out
 
 
 # ---- copy / compute overlap ----------------------------------------------------------------------
-
-def _intervals(events: list[dict[str, Any]]) -> list[tuple[float, float]]:
-    spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events)
-    merged: list[tuple[float, float]] = []
-    for lo, hi in spans:
-        if merged and lo <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-        else:
-            merged.append((lo, hi))
-    return merged
-
-
-def _overlap(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float:
-    total = 0.0
-    for lo, hi in a:
-        for blo, bhi in b:
-            total += max(0.0, min(hi, bhi) - max(lo, blo))
-    return total
-
-
-def copy_overlap(trace: dict[str, Any]) -> dict[str, float]:
-    """From a Chrome trace: microseconds of host<->device copies, of compute kernels, and of the
-    copies that ran while a compute kernel ran on another stream."""
-    events = [e for e in trace.get("traceEvents", []) if e.get("ph") == "X" and "dur" in e]
-    # offload's copies: to and from pinned memory on the side streams (reading the loss also
-    # copies, on the main stream)
-    kernels = [e for e in events if e.get("cat") == "kernel"]
-    compute_streams = {k.get("tid") for k in kernels}
-    copies = [e for e in events if e.get("cat") == "gpu_memcpy" and "Pinned" in e.get("name", "")
-              and e.get("tid") not in compute_streams]
-    compute = _intervals(kernels)
-    copy_spans = _intervals(copies)
-    copy_us = sum(hi - lo for lo, hi in copy_spans)
-    hidden = _overlap(copy_spans, compute)
-    return {"copy_us": copy_us, "compute_us": sum(hi - lo for lo, hi in compute),
-            "copy_overlapped_us": hidden, "overlap_fraction": hidden / copy_us if copy_us else 0.0,
-            "copies": len(copies), "copy_gb": sum(e.get("args", {}).get("bytes", 0)
-                                                  for e in copies) / 1e9}
-
 
 def step_ms(fn: Callable[[], object], device: str, repeat: int = 10) -> float:
     for _ in range(2):

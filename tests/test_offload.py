@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import fxopt
-from benchmarks import gpu_check
+from benchmarks import gpu_check, offload_reading
 from examples.gpt import GPT, GPTConfig
 from fxopt.compiler import offload_patches
 from fxopt.config import Options
@@ -112,8 +112,8 @@ def test_generated_code_checks_catch_an_early_reuse() -> None:
         "buf8 = torch.ops.fxopt.offload.default(buf6)",
         "torch.ops.fxopt.offload_join.default(buf6, buf9)",
     ])
-    assert gpu_check.reused_before_join(code) == ["buf2"]
-    assert gpu_check.kernels_before_join(code) == [1, 0]
+    assert offload_reading.reused_before_join(code) == ["buf2"]
+    assert offload_reading.kernels_before_join(code) == [1, 0]
 
 
 def test_copy_overlap_counts_copies_beside_compute() -> None:
@@ -126,7 +126,7 @@ def test_copy_overlap_counts_copies_beside_compute() -> None:
         event("gpu_memcpy", 17, 40, 10, "Memcpy HtoD (Pinned -> Device)"),  # none beside
         event("gpu_memcpy", 7, 60, 1, "Memcpy DtoH (Device -> Pinned)"),  # the loss, main
     ]}
-    got = gpu_check.copy_overlap(trace)
+    got = offload_reading.copy_overlap(trace)
     assert got["copies"] == 2 and got["copy_us"] == 20 and got["compute_us"] == 20
     assert got["copy_overlapped_us"] == 5
 
