@@ -47,11 +47,10 @@ class Hardware:
 # PCIe bandwidth per direction for an x16 link: 32 GT/s (gen5) or 16 GT/s (gen4) per lane,
 # 128b/130b encoding: 16 * 32e9 * 128/130 / 8 = 63.0 GB/s; gen4 half of that, 31.5 GB/s.
 # Source: PCI-SIG, PCI Express Base Specification 5.0 (2019) and 4.0 (2017), data rates per lane.
-_PCIE5_X16 = 16 * 32e9 * 128 / 130 / 8
 _PCIE4_X16 = 16 * 16e9 * 128 / 130 / 8
 # What a pinned copy reaches over a Gen5 x16 link: measured on an H200 by benchmarks/gpu_check.py
 # (overlap part: 7.59 GB each way in 137.6 ms device->host and 137.4 ms host->device, 55 GB/s),
-# 87% of the link rate; the H100's link is the same Gen5 x16.
+# 87% of the link's 63.0 GB/s; the H100's link is the same Gen5 x16.
 _PCIE5_PINNED = 55e9
 # Per-kernel launch cost on a GPU: an assumption of a few microseconds (typical CUDA launch
 # latency), not a datasheet number.

@@ -64,9 +64,8 @@ def apply_plan(joint: fx.GraphModule, plan: Plan, *, num_fwd_outputs: int,
     seconds["split"] = time.perf_counter() - t0
     programs = [("split", _code(fwd), _code(bwd))]
     t0 = time.perf_counter()
-    restore = {d.name: step_names[d.restore_step] for d in plan.decisions
-               if d.kind is Kind.RECOMPUTE and d.restore_step is not None
-               and d.restore_step < len(step_names)}
+    restore = {d.name: at for d in plan.decisions if d.kind is Kind.RECOMPUTE
+               and (at := _step_name(step_names, d.restore_step)) is not None}
     bwd = place_recomputation(bwd, recomputed, restore)
     seconds["recompute"] = time.perf_counter() - t0
     programs.append(("recompute", _code(fwd), _code(bwd)))
