@@ -392,10 +392,12 @@ def _fmt(v: Any, spec: str = ".1f") -> str:
     return "" if v is None else format(v, spec) if isinstance(v, float) else str(v)
 
 
-def markdown(rows: list[Row], header: str) -> str:
+def markdown(rows: list[Row], header: str, device: str = "cpu") -> str:
+    measured = ("the allocator's high-water mark (`torch.cuda.max_memory_allocated`) over one "
+                "step" if device.startswith("cuda") else "the RSS high-water mark of one step")
     lines = [header.rstrip(), "",
-             "Peaks in MiB (predicted by `fxopt.explain`, measured as the RSS high-water mark of "
-             "one step); step times in ms, median / fastest of the timed steps; "
+             f"Peaks in MiB (predicted by `fxopt.explain`, measured as {measured}); "
+             "step times in ms, median / fastest of the timed steps; "
              "pred/meas: fxopt 0.5 predicted / measured.", "",
              "| case | graphs (Dynamo/fxopt) | fallbacks | pred keep | pred default | pred 0.5 "
              "| pred min | meas torch.compile | meas fxopt | meas fxopt 0.5 | pred/meas 0.5 "
@@ -422,7 +424,7 @@ def write_outputs(rows: list[Row], out_dir: str, device: str, header: str) -> tu
     write_csv(csv_path, COLUMNS, (asdict(r) for r in rows), extra="ignore")  # not "extra"
     md_path = os.path.join(out_dir, f"zoo_{device}.md")
     with open(md_path, "w") as f:
-        f.write(markdown(rows, header))
+        f.write(markdown(rows, header, device))
     return csv_path, md_path
 
 
@@ -487,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
               f"warm-up, budget {BUDGET} and {MIN_FRACTION} (smallest reachable); "
               f"{len(rows)} case(s) in {total:.0f} s\n")
     csv_path, md_path = write_outputs(rows, args.out, device, header)
-    print(f"\n{markdown(rows, header)}\n{len(rows)} case(s) in {total:.0f} s; wrote {csv_path}, "
+    print(f"\n{markdown(rows, header, device)}\n{len(rows)} case(s) in {total:.0f} s; "
+          f"wrote {csv_path}, "
           f"{md_path}")
 
 

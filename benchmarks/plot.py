@@ -65,14 +65,16 @@ def machine_text(device: str, mode: str) -> str:
         pass
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") else "none"
+    peak = ("the caching allocator's high-water mark above the bytes allocated before the step"
+            if device.startswith("cuda") else
+            "RSS high-water mark above the RSS before the step")
     return (f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}\n"
             f"- CPU: {cpu}, {os.cpu_count()} cores (load average at the end: {load}; the machine "
             f"was shared, so step times are noisy)\n- GPU: {gpu}\n"
             f"- torch {torch.__version__}, Python {platform.python_version()}, "
             f"{platform.system()} {platform.release()}\n"
             f"- benchmark mode: {mode}; one thread per child process "
-            f"(torch.set_num_threads(1)), peak = RSS high-water mark above the RSS before the "
-            f"step (benchmarks.measure)\n")
+            f"(torch.set_num_threads(1)), peak = {peak} (benchmarks.measure)\n")
 
 
 def pareto_verdict(records: Sequence[Any], model: str, stat: str = "step_s") -> list[str]:

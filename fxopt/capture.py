@@ -25,7 +25,7 @@ from fxopt.compat import (
     backend_compiler_failed,
     detect_fake_mode,
     dynamo_reset,
-    inductor_partition_fn,
+    inductor_partition_with,
     make_boxed_func,
     mark_dynamic,
     select_decomp_table,
@@ -126,8 +126,7 @@ class CaptureBackend:
         boxed = lambda g, _inputs: make_boxed_func(g)  # noqa: E731 - runs on fake tensors
         inner = aot_autograd(
             fw_compiler=boxed, bw_compiler=boxed, inference_compiler=boxed,
-            partition_fn=functools.partial(inductor_partition_fn(),
-                                           partitioner_fn_override=self.partition),
+            partition_fn=inductor_partition_with(self.partition),
             decompositions=select_decomp_table())
         # Inductor's joint-graph passes read the fake mode from its virtualized state.
         with set_inductor_fake_mode(detect_fake_mode(example_inputs)), autograd_cache_off():

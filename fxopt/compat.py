@@ -8,7 +8,10 @@ stays cheap and the FXOPT hook can run inside `import torch`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -25,7 +28,8 @@ __all__ = [
     "backend_compiler_failed", "check_torch_version", "compile_fx", "current_frame_id",
     "default_partition", "detect_fake_mode", "dynamo_reset", "functional_tensor_type",
     "functorch_config", "inductor_config", "inductor_lowering", "inductor_partition_fn",
-    "inductor_wrapper_class", "is_dense", "is_fake", "make_boxed_func", "mark_dynamic",
+    "inductor_partition_with", "inductor_wrapper_class", "is_dense", "is_fake",
+    "make_boxed_func", "mark_dynamic",
     "min_cut_partition", "partitioners", "saved_for_backward_descriptor", "select_decomp_table",
     "set_inductor_fake_mode", "tree_leaves", "outside_tracing",
 ]
@@ -91,6 +95,37 @@ def inductor_partition_fn() -> Any:
     from torch._inductor import compile_fx as module
 
     return module.partition_fn
+
+
+class _OneShotPartitioner(CustomPartitionerFn):
+    """`partition` in the shape Inductor's `custom_partitioner_fn` takes (torch 2.11)."""
+
+    def __init__(self, partition: Callable[..., Any]) -> None:
+        self.partition = partition
+
+    def uuid(self) -> str | None:
+        return None  # never cached: the capture runs with the compile caches off
+
+    def __call__(self, gm: Any, joint_inputs: Any, **kwargs: Any) -> Any:
+        kwargs.pop("compiler", None)
+        return self.partition(gm, joint_inputs, **kwargs)
+
+
+def inductor_partition_with(partition: Callable[..., Any]) -> Callable[..., Any]:
+    """Inductor's partition function (its joint-graph passes first) ending in `partition`.
+
+    torch 2.13 takes `partitioner_fn_override`; torch 2.11 has no such argument and reads
+    `config.custom_partitioner_fn`, which is then set for the call only."""
+    fn = inductor_partition_fn()
+    if "partitioner_fn_override" in inspect.signature(fn).parameters:
+        return functools.partial(fn, partitioner_fn_override=partition)
+    from torch._inductor import config
+
+    def run(gm: Any, joint_inputs: Any, **kwargs: Any) -> Any:
+        with config.patch(custom_partitioner_fn=_OneShotPartitioner(partition)):
+            return fn(gm, joint_inputs, **kwargs)
+
+    return run
 
 
 def inductor_wrapper_class() -> Any:

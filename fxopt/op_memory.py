@@ -72,11 +72,22 @@ def on_host(n: fx.Node) -> bool:
 # only: Inductor lays out 2-d ones channels-last on the CPU (NOTE [Channels-last copies]), and
 # oneDNN runs those in place, with nothing above the arguments (measured: hf_resnet's 3x3 and
 # 7x7 convolutions and their backward, 3 to 16 channels; ViT's patch embedding).
+#
+# On CUDA, the backward of SDPA's fused kernels accumulates the query's gradient in fp32 scratch
+# memory that no graph value shows. Measured on an H200 (allocator history of one step, zoo's
+# HF Llama, fp32, batch 256, 4 heads, sequence 16, head size 8): the memory-efficient backward
+# allocated 16 MiB while it ran, above everything the graph holds, and it set the step's peak.
+# That is its `workspace_size()`: batch x heads x fp32 tiles of the query block by the
+# gradient's column block, both 64 for head sizes up to 64 and 128 above (the kernel's block
+# shapes). The flash backward allocates `dq_accum` (batch x sequence rounded up to 128 x heads x
+# head size rounded up to 32, fp32) and the softmax sums (batch x heads x rounded sequence).
 def workspace_bytes(n: fx.Node) -> int:
     if n.op != "call_function":
         return 0
     if n.target in (aten.convolution.default, aten.convolution_backward.default):
         return _conv_workspace(n)
+    if n.target in _CUDA_ATTENTION_BACKWARD:
+        return _attention_backward_workspace(n)
     if n.target is not aten._fft_c2r.default:
         return 0
     src, dims = n.args[0], n.args[1]
@@ -84,6 +95,27 @@ def workspace_bytes(n: fx.Node) -> int:
         return 0
     val = src.meta.get("val")
     return 2 * tensor_meta(val).nbytes_hint if isinstance(val, torch.Tensor) else 0
+
+_CUDA_ATTENTION_BACKWARD = (aten._scaled_dot_product_efficient_attention_backward.default,
+                            aten._scaled_dot_product_flash_attention_backward.default)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _attention_backward_workspace(n: fx.Node) -> int:
+    """fp32 scratch of a CUDA SDPA backward (NOTE [Op workspace]); 0 off CUDA."""
+    q = n.args[1].meta.get("val") if isinstance(n.args[1], fx.Node) else None
+    if not isinstance(q, torch.Tensor) or q.device.type != "cuda" or q.dim() != 4:
+        return 0
+    b, h, s, d = (size_hint(x) for x in q.shape)
+    if n.target is aten._scaled_dot_product_flash_attention_backward.default:
+        s = _round_up(s, 128)
+        return 4 * b * h * s * (_round_up(d, 32) + 1)
+    tile = 64 if d <= 64 else 128
+    return 4 * b * h * _round_up(s, tile) * _round_up(d, tile)
+
 
 def _conv_workspace(n: fx.Node) -> int:
     """oneDNN's blocked copies of a CPU convolution's activations (NOTE [Op workspace])."""

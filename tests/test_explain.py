@@ -246,3 +246,26 @@ def test_report_repr_is_short_and_every_pass_program_is_kept():
     assert "def forward" in report.program("split") and "def forward" in report.program("schedule")
     with pytest.raises(KeyError, match="kept"):
         report.program("no such pass")
+
+
+def test_explain_on_a_torch_without_partitioner_override(monkeypatch):
+    """torch 2.11's Inductor partition function has no `partitioner_fn_override`: it calls
+    `config.custom_partitioner_fn`. explain plans through that path too (it failed on 2.11)."""
+    import fxopt.compat as compat
+
+    new = compat.inductor_partition_fn()
+    calls = []
+
+    def partition_fn_2_11(gm, joint_inputs, **kwargs):
+        from torch._inductor import config
+
+        calls.append(type(config.custom_partitioner_fn).__name__)
+        return new(gm, joint_inputs, **kwargs)  # reaches config.custom_partitioner_fn
+
+    monkeypatch.setattr(compat, "inductor_partition_fn", lambda: partition_fn_2_11)
+    report = fxopt.explain(mlp(), torch.randn(256, 64), budget=0.9)[0]
+    assert calls == ["_OneShotPartitioner"]
+    assert report.strategy == "fxopt plan" and report.peak_bytes <= report.budget_bytes
+    from torch._inductor import config
+
+    assert config.custom_partitioner_fn is None, "the partitioner is set for the call only"

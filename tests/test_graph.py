@@ -136,3 +136,43 @@ def test_multi_dim_inverse_real_fft_holds_twice_its_input_while_it_runs():
     empty = GraphView.from_fx(make_fx(lambda: ())(), side=Side.BWD)
     timeline = simulate_partition(view, empty)
     assert timeline.peak_bytes >= c2r.workspace_bytes + c2r.nbytes_hint
+
+
+@pytest.mark.parametrize("kind", ["efficient", "flash"])
+def test_cuda_attention_backward_holds_fp32_scratch(kind):
+    """NOTE [Op workspace]: a CUDA SDPA backward accumulates dq in fp32 scratch (16 MiB measured
+    on an H200 for the zoo's HF Llama: batch 256, 4 heads, sequence 16, head size 8); the same
+    op traced on the CPU holds none."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    aten = torch.ops.aten
+
+    def step(q, k, v):
+        if kind == "efficient":
+            out, lse, seed, offset = aten._scaled_dot_product_efficient_attention(
+                q, k, v, None, True)
+            grads = aten._scaled_dot_product_efficient_attention_backward(
+                out, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False])
+        else:
+            out, lse, cq, ck, mq, mk, seed, offset, _ = aten._scaled_dot_product_flash_attention(
+                q, k, v)
+            grads = aten._scaled_dot_product_flash_attention_backward(
+                out, q, k, v, out, lse, cq, ck, mq, mk, 0.0, False, seed, offset)
+        return tuple(grads[:3])
+
+    def workspace(device: str, shape: tuple[int, ...], dtype: torch.dtype) -> int:
+        with FakeTensorMode():
+            qkv = [torch.empty(shape, device=device, dtype=dtype) for _ in range(3)]
+            gm = make_fx(step)(*qkv)
+        view = GraphView.from_fx(gm, side=Side.BWD)
+        (node,) = [n for n in view.nodes if "attention_backward" in n.op]
+        return node.workspace_bytes
+
+    if kind == "efficient":
+        assert workspace("cuda", (256, 4, 16, 8), torch.float32) == 16 * 2**20
+        assert workspace("cuda", (8, 12, 1024, 128), torch.bfloat16) == 4 * 8 * 12 * 1024 * 128
+    else:
+        # dq_accum (8 x 1024 x 12 x 64) and the softmax sums (8 x 12 x 1024), fp32
+        assert workspace("cuda", (8, 12, 1024, 64), torch.bfloat16) == 4 * 8 * 12 * 1024 * 65
+    assert workspace("meta", (256, 4, 16, 8), torch.float32) == 0
