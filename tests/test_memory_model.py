@@ -103,8 +103,11 @@ def _meta(nbytes: int) -> TensorMeta:
                       nbytes)
 
 
+_SCALAR = TensorMeta((), (), "float32", 4, sympy.Integer(4), 4)
+
+
 def _view(specs: list[tuple], side: Side, outputs: list[str]) -> GraphView:
-    """specs: (name, kind, role, inputs, nbytes, alias_of)."""
+    """specs: (name, kind, role, inputs, nbytes, alias_of); nbytes None is a float scalar."""
     users: dict[str, list[str]] = {s[0]: [] for s in specs}
     for s in specs:
         for i in s[3]:
@@ -112,7 +115,8 @@ def _view(specs: list[tuple], side: Side, outputs: list[str]) -> GraphView:
     for o in outputs:
         users[o].append("output")
     nodes = [Node(name, idx, "placeholder" if kind is OpKind.PLACEHOLDER else f"test.{kind.value}",
-                  kind, role, side, tuple(inputs), tuple(users[name]), (_meta(nb),),
+                  kind, role, side, tuple(inputs), tuple(users[name]),
+                  (_SCALAR if nb is None else _meta(nb),),
                   alias_of=alias, is_output=name in outputs)
              for idx, (name, kind, role, inputs, nb, alias) in enumerate(specs)]
     nodes.append(Node("output", len(nodes), "output", OpKind.OUTPUT, Role.COMPUTED, side,
@@ -139,8 +143,11 @@ def random_partition(draw, kinds=(OpKind.EXTERN, OpKind.VIEW)):
     _draw_computed(draw, f_specs, "f", draw(st.integers(1, 8)), kinds)
     computed = [s[0] for s in f_specs[1:]]
     saved = draw(st.lists(st.sampled_from(computed), max_size=4, unique=True))
-    loss = computed[-1]
-    fwd = _view(f_specs, Side.FWD, [loss] + saved)
+    outs = [computed[-1]]
+    if draw(st.booleans()):  # the loss computed inside the graph, besides another output
+        f_specs.append(("loss", OpKind.EXTERN, Role.COMPUTED, (computed[-1],), None, None))
+        outs.insert(0, "loss")
+    fwd = _view(f_specs, Side.FWD, outs + saved)
     b_specs = [("primals_1", OpKind.PLACEHOLDER, Role.PARAM, (), 64, None)]
     b_specs += [(s, OpKind.PLACEHOLDER, Role.SAVED, (), fwd[s].nbytes_hint, None) for s in saved]
     b_specs.append(("tangents_1", OpKind.PLACEHOLDER, Role.TANGENT, (), 4, None))
@@ -197,10 +204,14 @@ def brute_force_partition(fwd: GraphView, bwd: GraphView) -> int:
         fr = root(fwd, s)
         if not fwd[fr].is_fixed:
             add(f"f:{fr}", 0, 0, pos_h)
-    loss = [o for o in fwd.output_names if o not in saved]
-    for o in loss:
+    # NOTE [When the forward's outputs die]: the scalar loss is held to the end; the other
+    # outputs die when the forward returns if the graph computes the loss, else at the handoff.
+    user = [o for o in fwd.output_names if o not in saved]
+    in_graph = "loss" in user
+    for o in user:
         if not fwd[root(fwd, o)].is_fixed:
-            add(f"f:{root(fwd, o)}", 0, 0, end)
+            dies = end if o == "loss" else pos_h - 1 if in_graph and pos_h > 0 else pos_h
+            add(f"f:{root(fwd, o)}", 0, 0, dies)
     for o in bwd.output_names:
         r = root(bwd, o)
         if not bwd[r].is_fixed and bwd[r].role is not Role.SAVED:
@@ -285,3 +296,16 @@ def test_plan_simulation_matches_partition_simulation() -> None:
     _, b3 = split_view(joint, saved_names(bwd))
     assert any(joint[n.name].side is Side.FWD for n in b3.nodes
                if n.kind not in (OpKind.PLACEHOLDER, OpKind.OUTPUT))
+
+
+def test_dropped_kept_buffer_dies_after_its_last_read() -> None:
+    """NOTE [When the forward's outputs die]: a kept buffer dropped at a step is freed there,
+    or after its last read if that comes later."""
+    k = lambda n: ("t", n, 0)  # noqa: E731
+    steps = [Step("a", Side.FWD, ((k("a"), 10),), frozenset()),
+             Step("b", Side.FWD, ((k("b"), 20),), frozenset(), drops=frozenset({k("a")})),
+             Step("c", Side.BWD, ((k("c"), 5),), frozenset()),
+             Step("d", Side.BWD, ((k("d"), 1),), frozenset({k("b")}), drops=frozenset({k("b")}))]
+    tl = simulate_steps(steps, keep={k("a"), k("b")}, boundary=2)
+    assert [s.live_bytes for s in tl.steps] == [10, 30, 25, 21]
+    assert (tl.saved_bytes, tl.end_bytes) == (20, 0)

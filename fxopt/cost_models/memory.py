@@ -19,8 +19,8 @@ values, temporaries and parameter gradients are.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 from fxopt.cost_models.fusion import FusionRules, Kernel, kernels_of
 from fxopt.graph import GraphView, OpKind, Role, Side
@@ -36,7 +36,8 @@ class Step:
     """One kernel of the schedule as plain data for the liveness simulation.
 
     ``writes`` are the new buffers (key, bytes); ``reads`` the buffers it reads; ``inplace``
-    a read buffer whose storage the (single) written buffer reuses.
+    a read buffer whose storage the (single) written buffer reuses; ``drops`` kept buffers
+    the program lets go of after this step (NOTE [When the forward's outputs die]).
     """
 
     name: str
@@ -45,6 +46,7 @@ class Step:
     reads: frozenset[Key]
     inplace: Key | None = None
     workspace: int = 0  # scratch bytes held only while the kernel runs (NOTE [Op workspace])
+    drops: frozenset[Key] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -73,10 +75,12 @@ class MemoryTimeline:
 # NOTE [Liveness rules]
 # A buffer is allocated by the step that writes it and freed right after the last step that
 # reads it, except buffers listed in ``keep`` (graph outputs that outlive the schedule, such
-# as parameter gradients and the loss), which stay live to the end.  A buffer nobody reads is
-# freed right after the step that wrote it.  The peak at a step counts its outputs and all its
-# inputs together (a kernel holds both while it runs); an in-place step writes into an input
-# that dies there, so it adds nothing new.  ``initial`` buffers are live before step 0.
+# as parameter gradients and the loss), which stay live to the end unless a step ``drops``
+# them: then they are freed after that step, or after their last read if that comes later.  A
+# buffer nobody reads is freed right after the step that wrote it.  The peak at a step counts
+# its outputs and all its inputs together (a kernel holds both while it runs); an in-place
+# step writes into an input that dies there, so it adds nothing new.  ``initial`` buffers are
+# live before step 0.
 def simulate_steps(steps: Sequence[Step], *, initial: Mapping[Key, int] | None = None,
                    keep: Iterable[Key] = (), boundary: int | None = None) -> MemoryTimeline:
     """Simulate ``steps`` in order.  ``boundary``: index of the first backward step."""
@@ -91,6 +95,11 @@ def simulate_steps(steps: Sequence[Step], *, initial: Mapping[Key, int] | None =
         for k in s.reads:
             if k in size:
                 last[k] = max(last.get(k, i), i)
+    for i, s in enumerate(steps):
+        for k in s.drops:
+            if k in keep and k in size:
+                keep.discard(k)
+                last[k] = max(last[k], i)
     free_at: dict[int, list[Key]] = {}
     n = len(steps)
     for k, t in last.items():
@@ -181,12 +190,14 @@ def steps_of_partition(fwd: GraphView, bwd: GraphView, rules: FusionRules = Fusi
         b_fresh.pop(("b", name, 0), None)
     b_steps = _steps_of_graph(bwd, "b", kernels_of(bwd, rules), Side.BWD, b_res)
     # Buffers that outlive their graph: forward outputs the backward reads live until that
-    # read; user-visible forward outputs (the loss) and backward outputs (gradients) to the end.
+    # read; user-visible forward outputs and backward outputs (gradients) to the end, except
+    # the outputs the step lets go of (NOTE [When the forward's outputs die]).
     keep: set[Key] = set()
-    user_outs = fwd.output_names[:_num_user_outputs(fwd, bwd)]
+    user_outs = [n for n in fwd.output_names[:_num_user_outputs(fwd, bwd)] if n is not None]
     for name in user_outs:
-        if name is not None and (k := fwd_key(name)) is not None:
+        if (k := fwd_key(name)) is not None:
             keep.add(k)
+    early, late = _dropped_outputs(fwd, user_outs, fwd_key)
     for name in bwd.output_names:
         if name is None:
             continue
@@ -195,9 +206,46 @@ def steps_of_partition(fwd: GraphView, bwd: GraphView, rules: FusionRules = Fusi
         if k is not None:
             keep.add(k)
     # The backward receives every saved buffer, so each lives at least until it starts.
-    handoff = Step("<backward>", Side.BWD, tuple(b_fresh.items()), frozenset(saved_map.values()))
+    handoff = Step("<backward>", Side.BWD, tuple(b_fresh.items()), frozenset(saved_map.values()),
+                   drops=late | (early if not f_steps else frozenset()))
+    if f_steps and early:
+        f_steps[-1] = replace(f_steps[-1], drops=f_steps[-1].drops | early)
     steps = f_steps + [handoff] + b_steps
     return steps, dict(f_fresh), keep, len(f_steps)
+
+
+# NOTE [When the forward's outputs die]
+# A training step is `loss_fn(model(*inputs), *targets).backward()` (fxopt.explain, and the
+# measured step of benchmarks/bench_zoo.py): the model's outputs are temporaries, and only the
+# loss is held through the backward. Two cases, told apart by whether the graph returns a scalar
+# floating output (the loss computed inside the graph, as a Hugging Face model given labels):
+# * Loss inside the graph: the other outputs (logits, encoder states) are dropped when the
+#   forward returns, and autograd materialises a zero gradient of each one's size when the
+#   backward starts, where the tangent placeholders are counted. Output and tangent never meet:
+#   hf_bert at budget 0.5 measured 8.87 MiB at the first backward kernel (RSS per wrapper line),
+#   where holding its 2 MiB logits to the end predicted 10.56 MiB (hf_gpt2: 15.95 vs 17.81).
+# * Loss outside the graph: the eager loss holds the output (a loss that saves its input, as
+#   mse_loss does) while its backward computes the output's gradient, the tangent, so both are
+#   live when the compiled backward is handed over; the output dies then.
+# A loop that keeps a reference to the outputs through the backward (`out = model(x); loss =
+# loss_fn(out); loss.backward()`) holds them on top, to the end of the step.
+def _dropped_outputs(fwd: GraphView, user_outs: Sequence[str],
+                     fwd_key: Callable[[str], Key | None]
+                     ) -> tuple[frozenset[Key], frozenset[Key]]:
+    """User outputs dropped when the forward returns, and those dropped when the backward
+    starts (NOTE [When the forward's outputs die]); the loss itself is held to the end."""
+    def is_loss(name: str) -> bool:
+        outs = fwd[name].outputs
+        return len(outs) == 1 and outs[0].shape_hint == () and outs[0].dtype in _FLOAT_DTYPES
+
+    losses = {name for name in user_outs if is_loss(name)}
+    held = {fwd_key(name) for name in losses}
+    dropped = frozenset(k for name in user_outs if name not in losses
+                        for k in [fwd_key(name)] if k is not None and k not in held)
+    return (dropped, frozenset()) if losses else (frozenset(), dropped)
+
+
+_FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
 def _num_user_outputs(fwd: GraphView, bwd: GraphView) -> int:
