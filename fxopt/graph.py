@@ -24,7 +24,13 @@ import torch.fx as fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from fxopt.compat import OpOverload, inductor_lowering, tree_leaves
-from fxopt.op_memory import channels_last_copy, fallback_storage, on_host, workspace_bytes
+from fxopt.op_memory import (
+    channels_last_copy,
+    channels_last_outputs,
+    fallback_storage,
+    on_host,
+    workspace_bytes,
+)
 from fxopt.opclass import Effect, classify, must_recompute, refusal_for_recompute
 from fxopt.sources import node_source
 from fxopt.tensor_meta import TensorMeta, size_hint, tensor_meta
@@ -125,6 +131,9 @@ class Node:
     refusal: str | None = None  # why it must not run again in backward (fxopt.opclass)
     workspace_bytes: int = 0  # scratch memory the op holds only while it runs
     layout_copy_bytes: int = 0  # a fixed input's channels-last copy (NOTE [Channels-last copies])
+    # Stored channels-last by Inductor if the forward returns it (NOTE [Channels-last saved
+    # tensors] in fxopt/op_memory.py)
+    channels_last_output: bool = False
     must_recompute: bool = False  # the model's checkpoint policy requires recomputing it
     flops: int = 0  # PyTorch's flop-counter rules at the size hints (0 where no rule exists)
     primal_index: int | None = None  # position among the primals, for placeholders
@@ -219,14 +228,20 @@ class GraphView:
         output_set = {a for a in out_args if isinstance(a, fx.Node)}
         primal_pos = {n: i for i, n in enumerate(n for n in fx_nodes if n.op == "placeholder"
                                                  and n.name.startswith("primals"))}
+        fwd_fx = ([] if side is Side.BWD else
+                  [n for n in fx_nodes if num_fwd_outputs is None or n not in bwd_set])
+        channels_last = channels_last_outputs(fwd_fx)
         nodes: list[Node] = []
         for i, n in enumerate(fx_nodes):
             if num_fwd_outputs is not None:
                 node_side = Side.BWD if (n in bwd_set or n.op == "output") else Side.FWD
             else:
                 node_side = side or Side.FWD
-            nodes.append(_make_node(n, i, node_side, n in output_set, primal_pos.get(n), statics,
-                                    static_lifetime_input_indices is not None))
+            node = _make_node(n, i, node_side, n in output_set, primal_pos.get(n), statics,
+                              static_lifetime_input_indices is not None)
+            if n in channels_last:
+                node = dataclasses.replace(node, channels_last_output=True)
+            nodes.append(node)
         return cls(tuple(nodes), num_fwd_outputs or 0, out_names)
 
 

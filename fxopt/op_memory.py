@@ -11,7 +11,8 @@ import torch.fx as fx
 
 from fxopt.tensor_meta import TensorMeta, size_hint, tensor_meta
 
-__all__ = ["channels_last_copy", "fallback_storage", "on_host", "workspace_bytes"]
+__all__ = ["channels_last_copy", "channels_last_outputs", "fallback_storage", "on_host",
+           "workspace_bytes"]
 
 aten = torch.ops.aten
 
@@ -170,3 +171,51 @@ def channels_last_copy(n: fx.Node) -> int:
            and n in u.args[:2] for u in n.users):
         return tensor_meta(val).nbytes_hint
     return 0
+
+
+# NOTE [Channels-last saved tensors]
+# Inductor's layout optimisation (on for every CPU graph with a convolution when oneDNN is
+# there, `GraphLowering.decide_layout_opt`) also picks the layout of the tensors a forward
+# returns: a dense 4-d value that "prefers channels last" (`find_nodes_prefer_channels_last`:
+# it feeds a convolution, directly or through other nodes but not through a bmm, or follows one
+# up to the last convolution) is stored channels-last when the graph returns it
+# (`maybe_apply_channels_last_stride_order`), whatever its rank where it is used. A reshape of
+# it to another rank is then no view: every extern kernel that reads the reshape gets a dense
+# copy. Measured on neuraloperator's FNO at budget 0.5 (RSS per line of the generated code,
+# `python -m benchmarks.line_peaks fno --budget 0.5`): its channel MLPs are 1-d convolutions
+# of `x.reshape(b, c, -1)` where x is 4-d, so each saved 4-d activation (2 MiB at batch 256)
+# is written twice in the forward (channels-last for the backward, dense for the convolution),
+# and in the backward the one read by two convolutions is copied for both (2 x 2 MiB), copies
+# held until Inductor reuses their storage.
+def channels_last_outputs(nodes: list[fx.Node]) -> set[fx.Node]:
+    """Forward nodes that Inductor stores channels-last if the graph returns them (NOTE
+    [Channels-last saved tensors])."""
+    convs = [n for n in nodes if n.op == "call_function" and n.target is aten.convolution.default]
+    if not convs or not (torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+        return set()
+    for c in convs:
+        for a in c.args[:2]:
+            val = a.meta.get("val") if isinstance(a, fx.Node) else None
+            if not isinstance(val, torch.Tensor) or val.device.type != "cpu":
+                return set()
+    members = set(nodes)
+    prefer: set[fx.Node] = set()
+    last_conv = None
+    for n in reversed(nodes):
+        if n.op == "call_function" and n.target is aten.convolution.default:
+            prefer.add(n)
+            last_conv = last_conv or n
+        elif n.target is not aten.bmm.default and any(u in prefer for u in n.users):
+            prefer.add(n)
+    for n in nodes:
+        if n is last_conv:
+            break
+        if n in prefer:
+            prefer.update(u for u in n.users if u in members and u.target is not aten.bmm.default)
+    out = set()
+    for n in prefer:
+        val = n.meta.get("val")
+        if (isinstance(val, torch.Tensor) and val.dim() == 4 and n.op == "call_function"
+                and torch._prims_common.is_non_overlapping_and_dense_or_false(val)):
+            out.add(n)
+    return out

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fxopt.cost_models.device import Hardware
 from fxopt.cost_models.fusion import FusionRules, Kernel, kernels_of
-from fxopt.cost_models.memory import Key, simulate_steps, steps_of_partition
+from fxopt.cost_models.memory import Key, channels_last_saved, simulate_steps, steps_of_partition
 from fxopt.cost_models.partition_view import keep_everything, split_view
 from fxopt.cost_models.runtime import cast_seconds, kernel_seconds, transfer_seconds
 from fxopt.graph import GraphView, OpKind, Side
@@ -100,8 +100,9 @@ def build_problem(joint: GraphView, profile: Hardware, *, host_is_device: bool =
     fwd, bwd = split_view(joint, keep_everything(joint))
     rules = FusionRules(addmm_guard=True)  # the schedule pass runs on every rewritten graph
     steps, initial, kept, num_fwd = steps_of_partition(fwd, bwd, rules)
-    kernels = {k.name: k for k in kernels_of(fwd, rules)}
-    bwd_kernels = {k.name: k for k in kernels_of(bwd, rules)}
+    cl = channels_last_saved(fwd, bwd)
+    kernels = {k.name: k for k in kernels_of(fwd, rules, cl)}
+    bwd_kernels = {k.name: k for k in kernels_of(bwd, rules, cl)}
     value_names = _value_names(joint)
 
     # Candidates: every buffer a forward kernel writes, except what outlives the step anyway.

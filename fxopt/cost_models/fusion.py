@@ -133,9 +133,14 @@ def moves_matmul(view: GraphView, mm: str, add: str) -> bool:
 # pending one first. Nothing inserted into the graph can run between them, so a planned
 # action "before the second kernel" really happens before the first. `Kernel.lowered_at`
 # records the node; the Problem's anchors (solver/problem.py) and the rewriting passes use it.
-def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Kernel, ...]:
-    """The kernels Inductor runs for ``view`` (one forward or backward graph), in order."""
+def kernels_of(view: GraphView, rules: FusionRules = FusionRules(),
+               channels_last: frozenset[str] = frozenset()) -> tuple[Kernel, ...]:
+    """The kernels Inductor runs for ``view`` (one forward or backward graph), in order.
+
+    ``channels_last``: saved tensors (forward nodes, backward placeholders) that Inductor
+    stores channels-last (NOTE [Channels-last saved tensors] in fxopt/op_memory.py)."""
     pending: dict[str, _Pending] = {}  # node name -> unrealised body
+    copies: set[str] = set()  # reshapes of a channels-last tensor, copied for extern kernels
     kernels: list[Kernel] = []
     fused = {mm: add for mm, add in addmm_fusions(view).items()
              if not (rules.addmm_guard and moves_matmul(view, mm, add))}
@@ -148,6 +153,8 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
         return node.name
 
     def reads_of(name: str) -> set[StorageKey]:
+        if name in copies:
+            return {(name, 0)}
         b = base(name)
         if b in pending:
             return set(pending[b].reads)
@@ -162,9 +169,20 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
         kernels.append(Kernel(b, node.kind, ((b, 0),), frozenset(body.reads),
                               tuple(body.nodes), flops=body.flops, lowered_at=at))
 
+    def copy_layout(name: str, at: str) -> None:
+        """A reshape of a channels-last tensor that an extern kernel or the graph's output
+        needs is a dense copy, made once (NOTE [Channels-last saved tensors])."""
+        src = view[name]
+        if (src.kind is OpKind.VIEW and base(name) in channels_last and name not in copies
+                and src.outputs and len(src.outputs[0].shape_hint) != 4):
+            copies.add(name)
+            kernels.append(Kernel(name, OpKind.POINTWISE, ((name, 0),),
+                                  frozenset({view.storage_of(name)}), (name,), lowered_at=at))
+
     for node in view.nodes:
         if node.kind is OpKind.VIEW and node.is_output and node.alias_of is not None:
             realise(node.name, node.name)  # Inductor realises an output view where lowered
+            copy_layout(node.name, node.name)
             continue
         if node.kind in (OpKind.PLACEHOLDER, OpKind.VIEW, OpKind.OTHER):
             continue
@@ -185,6 +203,7 @@ def kernels_of(view: GraphView, rules: FusionRules = FusionRules()) -> tuple[Ker
         if kind is OpKind.EXTERN:
             for i in tensor_inputs:
                 realise(i, node.name)
+                copy_layout(i, node.name)
         reads: set[StorageKey] = set()
         body_nodes: list[str] = []
         heavy, opcount, flops = False, 1, node.flops
@@ -231,7 +250,10 @@ def _mark_inplace(view: GraphView, kernels: list[Kernel], rules: FusionRules) ->
     out: list[Kernel] = []
     taken: set[StorageKey] = set()
     for k in kernels:
-        if k.kind in (OpKind.POINTWISE, OpKind.REDUCTION) and len(k.writes) == 1:
+        # A channels-last tensor's dense copy never takes its source's storage (the layouts
+        # differ; measured, NOTE [Channels-last saved tensors])
+        if k.kind in (OpKind.POINTWISE, OpKind.REDUCTION) and len(k.writes) == 1 \
+                and view[k.name].kind is not OpKind.VIEW:
             size = view.storage_bytes(k.writes[0])
             for r in sorted(k.reads):
                 src = view[r[0]]

@@ -26,7 +26,7 @@ from fxopt.cost_models.fusion import FusionRules, Kernel, kernels_of
 from fxopt.graph import GraphView, OpKind, Role, Side
 
 __all__ = ["MemoryStep", "MemoryTimeline", "Step", "simulate_partition", "simulate_plan",
-           "simulate_steps", "steps_of_partition"]
+           "simulate_steps", "steps_of_partition", "channels_last_saved"]
 
 Key = tuple[str, str, int]  # (graph tag, node name, output index)
 
@@ -172,10 +172,15 @@ def steps_of_partition(fwd: GraphView, bwd: GraphView, rules: FusionRules = Fusi
                        ) -> tuple[list[Step], dict[Key, int], set[Key], int]:
     """Steps of forward then backward, initial buffers, kept buffers, first backward step."""
     f_res, f_fresh = _placeholder_keys(fwd, "f", {})
-    f_steps = _steps_of_graph(fwd, "f", kernels_of(fwd, rules), Side.FWD, f_res)
+    cl = channels_last_saved(fwd, bwd)
+    f_kernels = kernels_of(fwd, rules, cl)
+    f_steps = _steps_of_graph(fwd, "f", f_kernels, Side.FWD, f_res)
+
+    copied = {w for k in f_kernels if k.kind is OpKind.POINTWISE and fwd[k.name].kind is OpKind.VIEW
+              for w in k.writes}  # dense copies of channels-last tensors have their own storage
 
     def fwd_key(name: str) -> Key | None:
-        sk = fwd.storage_of(name)
+        sk = (name, 0) if (name, 0) in copied else fwd.storage_of(name)
         return f_res.get(sk, ("f", sk[0], sk[1]))
 
     # Saved values, and fixed ones the forward hands over as a copy (NOTE [Channels-last copies])
@@ -188,7 +193,8 @@ def steps_of_partition(fwd: GraphView, bwd: GraphView, rules: FusionRules = Fusi
     for name in fixed_saved:  # saved views of parameters or inputs cost nothing
         b_res[(name, 0)] = None
         b_fresh.pop(("b", name, 0), None)
-    b_steps = _steps_of_graph(bwd, "b", kernels_of(bwd, rules), Side.BWD, b_res)
+    b_kernels = kernels_of(bwd, rules, cl)
+    b_steps = _steps_of_graph(bwd, "b", b_kernels, Side.BWD, b_res)
     # Buffers that outlive their graph: forward outputs the backward reads live until that
     # read; user-visible forward outputs and backward outputs (gradients) to the end, except
     # the outputs the step lets go of (NOTE [When the forward's outputs die]).
@@ -246,6 +252,13 @@ def _dropped_outputs(fwd: GraphView, user_outs: Sequence[str],
 
 
 _FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+def channels_last_saved(fwd: GraphView, bwd: GraphView) -> frozenset[str]:
+    """Forward outputs the backward reads that Inductor stores channels-last (NOTE
+    [Channels-last saved tensors] in fxopt/op_memory.py)."""
+    return frozenset(n.name for n in bwd.nodes if n.kind is OpKind.PLACEHOLDER
+                     and n.name in fwd.by_name and fwd[n.name].channels_last_output)
 
 
 def _num_user_outputs(fwd: GraphView, bwd: GraphView) -> int:
