@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from benchmarks.bench_zoo import run_child
+from benchmarks.bench_zoo import MODULE
+from benchmarks.child import run_child
 
 TOLERANCE = 0.05
 
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
 
 def test_hf_bert_prediction_matches_measured_peak() -> None:
     job = dict(case="hf_bert", batch=256, device="cpu", steps=1, kind="measure", method="fxopt")
-    result, _ = run_child(job, timeout_s=300)
+    result, _ = run_child(job, 300, MODULE)
     assert "error" not in result, result["error"]
     predicted, measured = result["predicted"]["peak"], result["peak_bytes"]
     assert measured > 8 * 2**20, "activations should dominate the measurement"
