@@ -142,7 +142,7 @@ def child_measure(job: dict[str, Any]) -> dict[str, Any]:
     from torch._dynamo.utils import counters
 
     import fxopt
-    from benchmarks.measure import measure_step
+    from benchmarks.measure import allocated_peak, measure_step
     from tests.zoo import forward_loss, mark_dynamic_batch
 
     torch.set_num_threads(1)
@@ -185,6 +185,8 @@ def child_measure(job: dict[str, Any]) -> dict[str, Any]:
         step()
         times.append(time.perf_counter() - t)
     times.sort()
+    # the allocator's own peak (NOTE [Allocated bytes on the CPU]); on CUDA it is the peak
+    alloc = m.peak_bytes if cuda else allocated_peak(step, zero)
     reports = list(fxopt.reports())
     graphs = int(counters["stats"]["unique_graphs"])
     # Graphs Dynamo built after the first step are recompiles: the steady state runs the last
@@ -192,7 +194,8 @@ def child_measure(job: dict[str, Any]) -> dict[str, Any]:
     recompiles = graphs - first_graphs
     steady = reports[-first_reports:] if first_reports and (
         len(reports) == first_reports or len(reports) == 2 * first_reports) else []
-    out = dict(peak_bytes=m.peak_bytes, baseline_bytes=m.baseline_bytes, compile_s=compile_s,
+    out = dict(peak_bytes=m.peak_bytes, alloc_bytes=alloc, baseline_bytes=m.baseline_bytes,
+               compile_s=compile_s,
                step_s=times[len(times) // 2], step_min_s=times[0], step_times_s=times,
                loss=float(losses[0]), dynamo_graphs=first_graphs, fxopt_graphs=first_reports,
                recompiles=recompiles, graphs=[_report_row(r) for r in reports],
@@ -230,6 +233,11 @@ class Row:
     meas_compile_mib: float | None = None
     meas_fxopt_mib: float | None = None
     meas_fxopt_0_5_mib: float | None = None
+    alloc_compile_mib: float | None = None  # the allocator's peak (CPU: profiler events)
+    alloc_fxopt_mib: float | None = None
+    alloc_fxopt_0_5_mib: float | None = None
+    ratio_fxopt_0_5_alloc: float | None = None  # predicted (explain) / allocator peak
+    ratio_fxopt_alloc: float | None = None  # fxopt with no budget, its reports / allocator peak
     ratio_fxopt_0_5: float | None = None  # predicted (explain) / measured, fxopt 0.5
     ratio_fxopt_0_5_compiled: float | None = None  # predicted by the compile's own reports
     ratio_fxopt: float | None = None  # fxopt with no budget, its reports / measured
@@ -311,6 +319,7 @@ def bench_case(name: str, batch: int, steps: int, device: str, timeout_s: float,
             continue
         measured[method] = r
         setattr(row, f"meas_{k}_mib", _mib(r["peak_bytes"]))
+        setattr(row, f"alloc_{k}_mib", _mib(r.get("alloc_bytes")))
         setattr(row, f"step_{k}_ms", round(r["step_s"] * 1e3, 2))
         setattr(row, f"step_{k}_min_ms", round(r["step_min_s"] * 1e3, 2))
         setattr(row, f"compile_s_{k}", round(r["compile_s"], 1))
@@ -331,6 +340,7 @@ def bench_case(name: str, batch: int, steps: int, device: str, timeout_s: float,
         row.loss_fxopt_0_5 = half["loss"]
         if "error" not in ex:
             row.ratio_fxopt_0_5 = _ratio(ex["half"]["peak"], half["peak_bytes"])
+            row.ratio_fxopt_0_5_alloc = _ratio(ex["half"]["peak"], half.get("alloc_bytes"))
             if (ex["half"]["graph_count"], ex["half"]["reports"]) != (
                     half["dynamo_graphs"], half["fxopt_graphs"]):
                 row.notes += (f"explain built {ex['half']['graph_count']}/"
@@ -342,6 +352,7 @@ def bench_case(name: str, batch: int, steps: int, device: str, timeout_s: float,
         pred = measured["fxopt"].get("predicted") or {}
         row.pred_fxopt_mib = _mib(pred.get("peak"))
         row.ratio_fxopt = _ratio(pred.get("peak"), measured["fxopt"]["peak_bytes"])
+        row.ratio_fxopt_alloc = _ratio(pred.get("peak"), measured["fxopt"].get("alloc_bytes"))
     if "compile" in measured:
         row.loss_compile = measured["compile"]["loss"]
         if "error" not in ex:
@@ -362,6 +373,8 @@ def notes_for(row: Row) -> str:
         out.append(f"{row.fallbacks} fallback(s)")
     if row.ratio_fxopt_0_5 is not None and abs(row.ratio_fxopt_0_5 - 1) > ACCURACY:
         out.append(f"fxopt 0.5 predicted/measured {row.ratio_fxopt_0_5:.2f}")
+    if row.ratio_fxopt_0_5_alloc is not None and abs(row.ratio_fxopt_0_5_alloc - 1) > ACCURACY:
+        out.append(f"fxopt 0.5 predicted/allocated {row.ratio_fxopt_0_5_alloc:.2f}")
     if row.ratio_default is not None and abs(row.ratio_default - 1) > ACCURACY:
         out.append(f"PyTorch default predicted / torch.compile measured {row.ratio_default:.2f}")
     if (row.pred_fxopt_min_mib and row.pred_default_mib
@@ -398,11 +411,14 @@ def markdown(rows: list[Row], header: str, device: str = "cpu") -> str:
     lines = [header.rstrip(), "",
              f"Peaks in MiB (predicted by `fxopt.explain`, measured as {measured}); "
              "step times in ms, median / fastest of the timed steps; "
-             "pred/meas: fxopt 0.5 predicted / measured.", "",
+             "pred/meas: fxopt 0.5 predicted / measured; alloc: the allocator's own peak "
+             "(NOTE [Allocated bytes on the CPU] in benchmarks/measure.py), pred/alloc: fxopt "
+             "0.5 predicted / that.", "",
              "| case | graphs (Dynamo/fxopt) | fallbacks | pred keep | pred default | pred 0.5 "
              "| pred min | meas torch.compile | meas fxopt | meas fxopt 0.5 | pred/meas 0.5 "
+             "| alloc fxopt 0.5 | pred/alloc 0.5 "
              "| step torch.compile | step fxopt | step fxopt 0.5 | notes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         graphs = "" if r.dynamo_graphs is None else f"{r.dynamo_graphs}/{r.fxopt_graphs}"
         steps = [f"{_fmt(getattr(r, f'step_{k}_ms'))} / {_fmt(getattr(r, f'step_{k}_min_ms'))}"
@@ -414,7 +430,8 @@ def markdown(rows: list[Row], header: str, device: str = "cpu") -> str:
             f"| {_fmt(r.pred_default_mib)} | {_fmt(r.pred_fxopt_0_5_mib)} "
             f"| {_fmt(r.pred_fxopt_min_mib)} | {_fmt(r.meas_compile_mib)} "
             f"| {_fmt(r.meas_fxopt_mib)} | {_fmt(r.meas_fxopt_0_5_mib)} "
-            f"| {_fmt(r.ratio_fxopt_0_5, '.3f')} | {steps[0]} | {steps[1]} | {steps[2]} "
+            f"| {_fmt(r.ratio_fxopt_0_5, '.3f')} | {_fmt(r.alloc_fxopt_0_5_mib)} "
+            f"| {_fmt(r.ratio_fxopt_0_5_alloc, '.3f')} | {steps[0]} | {steps[1]} | {steps[2]} "
             f"| {note.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 

@@ -49,16 +49,37 @@ def _instrument(source: str) -> str:
 
 RECORD: list[tuple[str, int, int, int]] = []  # (module path, line, hwm, rss)
 _ON = [False]
+_ALLOC = [False]  # --alloc: mark the line in the profiler's trace instead of reading the RSS
 
 
 def _fxopt_mark(line: int) -> None:
     if not _ON[0]:
         return
+    path = sys._getframe(1).f_globals.get("__file__", "?")
+    if _ALLOC[0]:
+        import time
+
+        RECORD.append((path, line, time.time_ns(), 0))
+        return
     from fxopt.meter import restart_rss_peak, status_bytes
 
-    path = sys._getframe(1).f_globals.get("__file__", "?")
     RECORD.append((path, line, status_bytes("VmHWM"), status_bytes("VmRSS")))
     restart_rss_peak()
+
+
+def _alloc_per_line(events: list[tuple[int, int]]) -> None:
+    """Turn RECORD's time stamps into the allocator's peak and final bytes over each line
+    (NOTE [Allocated bytes on the CPU] in benchmarks/measure.py): the profiler's memory events
+    between one mark and the next belong to the statement that ran there."""
+    events = sorted(events)
+    i = now = 0
+    for j, (path, line, t, _) in enumerate(RECORD):
+        peak = now
+        while i < len(events) and events[i][0] <= t:
+            now += events[i][1]
+            peak = max(peak, now)
+            i += 1
+        RECORD[j] = (path, line, peak, now)
 
 
 def _patch_loader() -> dict[str, str]:
@@ -106,7 +127,7 @@ def _child(args: argparse.Namespace) -> None:
     from benchmarks.bench_zoo import _case_inputs, _warm
 
     # The generated code imports this module by name; under `-m` this file is __main__.
-    from benchmarks.line_peaks import _ON, RECORD, _patch_loader
+    from benchmarks.line_peaks import _ALLOC, _ON, RECORD, _alloc_per_line, _patch_loader
     from benchmarks.measure import _trim_heap
     from fxopt.cost_models.memory import simulate_partition
     from fxopt.graph import GraphView, Side
@@ -136,9 +157,20 @@ def _child(args: argparse.Namespace) -> None:
     _trim_heap()
     base = restart_rss_peak()
     _ON[0] = True
-    step()
+    if args.alloc:
+        from torch.profiler import ProfilerActivity, profile
+
+        _ALLOC[0], base = True, 0
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            step()
+        _ON[0] = False
+        _alloc_per_line([(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                         if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")])
+        hwm = max(r[2] for r in RECORD)
+    else:
+        step()
     _ON[0] = False
-    hwm = status_bytes("VmHWM")
+    hwm = hwm if args.alloc else status_bytes("VmHWM")
     predicted = []
     for r in fxopt.reports()[-1:] if args.backend != "compile" else []:
         sim = simulate_partition(GraphView.from_fx(r.forward_graph, side=Side.FWD),
@@ -165,7 +197,7 @@ def _print_live(report: Any, at: str) -> None:
 
     steps, initial, keep, _ = steps_of_partition(
         GraphView.from_fx(report.forward_graph, side=Side.FWD),
-        GraphView.from_fx(report.backward_graph, side=Side.BWD), FusionRules(reuse_pool=True))
+        GraphView.from_fx(report.backward_graph, side=Side.BWD), FusionRules())
     size = dict(initial)
     born = {k: -1 for k in initial}
     last = {k: -1 for k in initial}
@@ -198,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--child", action="store_true")
     ap.add_argument("--live", default="", help="print the predicted live buffers at a step")
     ap.add_argument("--kernels", action="store_true", help="only lines that run a kernel")
+    ap.add_argument("--alloc", action="store_true",
+                    help="the allocator's bytes per line (torch.profiler) instead of the RSS")
     args = ap.parse_args(argv)
     if args.child:
         _child(args)
