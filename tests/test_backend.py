@@ -135,8 +135,6 @@ def test_buffers_are_freed_at_their_last_use(monkeypatch):
         return line
 
     monkeypatch.setattr(wrapper.AllocateLine, "plan", counting_plan)
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # generate the code again
-    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
     torch.manual_seed(0)
     model = nn.Sequential(*(m for _ in range(4) for m in (nn.Linear(64, 64), nn.Tanh())))
     x = torch.randn(32, 64)
@@ -144,7 +142,9 @@ def test_buffers_are_freed_at_their_last_use(monkeypatch):
     def reused(backend: object) -> int:
         torch._dynamo.reset()
         handed_over.clear()
-        torch.compile(model, backend=backend)(x).sum().backward()
+        with inductor_config.patch(fx_graph_cache=False), \
+                torch._functorch.config.patch(enable_autograd_cache=False):  # generate the code
+            torch.compile(model, backend=backend)(x).sum().backward()
         assert handed_over, "no allocation planned: the check saw nothing"
         return sum(handed_over)
 
