@@ -68,6 +68,29 @@ def _symbolic(gm: fx.GraphModule) -> bool:
     return False
 
 
+def _watchable_node(out: Any) -> Any:
+    """An autograd node of the run's outputs that a weak reference can watch, or None.
+
+    Some C++ nodes refuse weak references: an output that AOTAutograd regenerates as a view
+    of another has a view's node (`SliceBackward0` in neuraloperator's FNO), and
+    `weakref.finalize` on it raises. Its inputs lead to the compiled function's own node."""
+    frontier = [t.grad_fn for t in tree_leaves(out)
+                if isinstance(t, torch.Tensor) and t.grad_fn is not None]
+    seen: set[int] = set()
+    while frontier:
+        node = frontier.pop(0)
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        try:
+            weakref.ref(node)
+        except TypeError:
+            frontier.extend(next_node for next_node, _ in node.next_functions)
+            continue
+        return node
+    return None
+
+
 class StepGraph:
     """One compiled graph of the step, recompiled with a new plan when the step asks for it.
 
@@ -126,8 +149,7 @@ class StepGraph:
     # the plan assumed (`Step.saw_copies`).
     def _count_run(self, out: Any) -> bool:
         """Counts a run in flight until its backward (False: it has none)."""
-        node = next((t.grad_fn for t in tree_leaves(out)
-                     if isinstance(t, torch.Tensor) and t.grad_fn is not None), None)
+        node = _watchable_node(out)
         if node is None:
             return False
         self._trains = True

@@ -127,7 +127,7 @@ def test_dropout_mask_is_replayed() -> None:
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["fno"])  # HF Llama: tests/test_hf_trainer.py
+@pytest.mark.parametrize("name", ["fno", "fno_opt_einsum"])  # HF Llama: test_hf_trainer.py
 def test_zoo_inductor(name: str) -> None:
     """The real backend: Inductor compiles fxopt's graphs; no graph falls back."""
     import fxopt
