@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+import fxopt.solver.block_search as block_search
 import fxopt.solver.planner as planner
 from benchmarks.synthetic import gpt_problem
 from fxopt.solver import Kind, SolverOptions, Status, greedy, simulate, solve, validate
@@ -64,10 +65,17 @@ def test_windows_cover_every_block() -> None:
     assert ws[0] >= set(blocks.members[-1])  # the last blocks, where the peak differs, first
 
 
-def test_block_plan_is_valid_deterministic_and_improves_its_start() -> None:
+def test_block_plan_is_valid_deterministic_and_improves_its_start(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(block_search, "WINDOW", 2)  # the neighbourhoods on 6 layers
+    monkeypatch.setattr(block_search, "LNS_MIN_BLOCKS", 4)
     p, blocks, budget = _tight()
+    calls: list = []
+    monkeypatch.setattr(block_search, "solve_lazy",
+                        lambda *a, **k: calls.append(solve_lazy(*a, **k)) or calls[-1])
     found, spent = block_plan(p, OPTS, budget, blocks, [keep_all(p)], 1.0, 1e12)
     assert found is not None and spent <= 1.0 * 1.01
+    assert len(calls) > len(windows(blocks))  # the tied start and a sweep of windows at least
     decisions, sim = found
     assert sim == simulate(p, decisions) and sim.peak_bytes <= budget
     tied = solve_lazy(p, OPTS, budget, [keep_all(p)], 0.15, 1e12, restrict=tie(blocks),

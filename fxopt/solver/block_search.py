@@ -23,18 +23,21 @@ from fxopt.solver.validate import Simulation
 #    tensors are freed first in the backward), so the last FREE_TAIL blocks stay untied. A
 #    choice one block has and its neighbour lacks (restore points are cut at the model's
 #    edges, NOTE [CP-SAT model] in cpsat.py) is off.
-# 2. Large neighbourhoods: every candidate outside a window of WINDOW consecutive blocks is
-#    fixed to the incumbent's choice, CP-SAT re-solves the window (WINDOW_WORK each), windows
-#    slide from the last blocks to the first by half a window, and sweeps repeat until one
-#    improves nothing or LNS_SHARE of the work is spent.
+# 2. Large neighbourhoods, with at least LNS_MIN_BLOCKS blocks: every candidate outside a
+#    window of WINDOW consecutive blocks is fixed to the incumbent's choice, CP-SAT re-solves
+#    the window (WINDOW_WORK each), windows slide from the last blocks to the first by half a
+#    window, and sweeps repeat until one improves nothing or LNS_SHARE of the work is spent.
+#    With fewer blocks the full model is small enough for CP-SAT to move on its own.
 # Both are restrictions of the model: their plans are simulated exactly like every other
 # (lazy.py), never a bound. The full search then starts from the best of them, with most of
 # the work left (1 - IMPROVE_AFTER_BLOCKS of it) raising the bound, which is the proof.
 # Measured on the meta-device GPT of benchmarks/bench_planner.py (fp8) at the budgets where
 # the greedy planner finds none (work limit 3.9 for 12 layers, 15.1 for 48):
 #   12 layers, 0.4 of keep-everything: the full search alone spent 3.8 units on a plan within
-#     0.08% of its bound; from the blocks 0.9 (the same 11758 us).
-#   12 layers, smallest feasible budget: 16919 us 1.08% from the bound -> 16911 us, 0.95%.
+#     0.08% of its bound; from the tied start 0.7 (the same 11758 us).
+#   12 layers, smallest feasible budget: 16919 us 1.08% from the bound -> the same plan 0.93%
+#     from it (with windows of 3 blocks 16911 us, 0.95%, for 3 s more of 10 on 2 shared
+#     cores: hence LNS_MIN_BLOCKS).
 #   48 layers, smallest feasible budget: the full search found no plan (the answer was the
 #     lowest-peak plan, 91504 us); the tied start alone found 71878 us (optimal over the tied
 #     model) and the full search from it nothing better in 12.9 more units; the windows took
@@ -47,7 +50,8 @@ from fxopt.solver.validate import Simulation
 # improving (the default) the 48-layer bound above was 54914 us, 19% below the plan.
 FREE_TAIL = 3
 BLOCK_SHARE = 0.15  # of the solve's work, at most; the tied model usually proves its optimum
-WINDOW = 6  # blocks per neighbourhood, at most a quarter of them
+WINDOW = 6  # blocks per neighbourhood
+LNS_MIN_BLOCKS = 4 * WINDOW
 WINDOW_WORK = 0.6  # per neighbourhood (the subproblem's size does not grow with the depth)
 LNS_SHARE = 0.35
 IMPROVE_AFTER_BLOCKS = 0.25  # of the rest, for the full search; its bound needs the work
@@ -97,7 +101,7 @@ def fix_outside(decisions: Sequence[Decision], free: set[int]) -> Callable[[Mode
 
 def windows(blocks: Blocks) -> list[set[int]]:
     """The neighbourhoods of one sweep, last blocks first (NOTE [Block search])."""
-    width = max(1, min(WINDOW, blocks.count // 4))
+    width = min(WINDOW, blocks.count)
     stride = max(1, (width + 1) // 2)
     firsts = list(range(blocks.count - width, 0, -stride)) + [0]
     return [{i for k in range(f, f + width) for i in blocks.members[k]} for f in firsts]
@@ -111,8 +115,8 @@ def block_plan(problem: Problem, opts: SolverOptions, budget: int, blocks: Block
     tied = solve_lazy(problem, opts, budget, starts, BLOCK_SHARE * work, deadline,
                       restrict=tie(blocks), improve_share=1.0)
     best, spent = tied.best, tied.work
-    if best is None:
-        return None, spent
+    if best is None or blocks.count < LNS_MIN_BLOCKS:
+        return best, spent
     pen = opts.lowbit_penalty_us
     limit = (BLOCK_SHARE + LNS_SHARE) * work
     improved = True
