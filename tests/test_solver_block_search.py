@@ -3,6 +3,8 @@ never worse than their start, deterministic."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import fxopt.solver.block_search as block_search
@@ -101,6 +103,18 @@ def test_without_a_greedy_plan_the_blocks_give_one(monkeypatch: pytest.MonkeyPat
         Status.OPTIMAL, Status.WITHIN_GAP, Status.FEASIBLE)
     assert plan.work is not None and plan.work <= OPTS.work(len(p.candidates)) * 1.01
     assert solve(p, budget, OPTS).content_hash == plan.content_hash
+
+
+def test_block_start_on_the_clock_keeps_to_its_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deterministic=False: no work limit, so the tied start must stop on its share of the
+    clock and leave the rest to the full search."""
+    p, _, budget = _tight()
+    monkeypatch.setattr(planner, "greedy", lambda *a, **k: None)
+    opts = SolverOptions(deterministic=False, time_limit_s=3.0, allow_lowbit="fp8")
+    t0 = time.monotonic()
+    plan = solve(p, budget, opts)
+    validate(p, plan)
+    assert plan.peak_bytes <= budget and time.monotonic() - t0 < 3.0 * 1.5 + 1
 
 
 @pytest.mark.parametrize("fraction", [0.7, 0.5, 0.34])

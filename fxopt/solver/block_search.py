@@ -3,6 +3,7 @@ neighbourhoods around the incumbent, both on the CP-SAT model itself."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 from fxopt.plan import Decision, Kind
@@ -27,7 +28,9 @@ from fxopt.solver.validate import Simulation
 #    window of WINDOW consecutive blocks is fixed to the incumbent's choice, CP-SAT re-solves
 #    the window (WINDOW_WORK each), windows slide from the last blocks to the first by half a
 #    window, and sweeps repeat until one improves nothing or LNS_SHARE of the work is spent.
-#    With fewer blocks the full model is small enough for CP-SAT to move on its own.
+#    With fewer blocks the full model is small enough for CP-SAT to move on its own. With
+#    deterministic=False the clock is the limit: the tied start gets BLOCK_SHARE of it and
+#    there are no windows.
 # Both are restrictions of the model: their plans are simulated exactly like every other
 # (lazy.py), never a bound. The full search then starts from the best of them, with most of
 # the work left (1 - IMPROVE_AFTER_BLOCKS of it) raising the bound, which is the proof.
@@ -112,10 +115,13 @@ def block_plan(problem: Problem, opts: SolverOptions, budget: int, blocks: Block
                ) -> tuple[Found | None, float]:
     """(the best plan of the tied start and the neighbourhoods around it, the work they spent)
     within `work` (NOTE [Block search])."""
+    if not opts.deterministic:  # the clock is the limit: the tied start gets its share of it
+        now = time.monotonic()
+        deadline = now + BLOCK_SHARE * (deadline - now)
     tied = solve_lazy(problem, opts, budget, starts, BLOCK_SHARE * work, deadline,
                       restrict=tie(blocks), improve_share=1.0)
     best, spent = tied.best, tied.work
-    if best is None or blocks.count < LNS_MIN_BLOCKS:
+    if best is None or blocks.count < LNS_MIN_BLOCKS or not opts.deterministic:
         return best, spent
     pen = opts.lowbit_penalty_us
     limit = (BLOCK_SHARE + LNS_SHARE) * work
