@@ -35,7 +35,7 @@ from fxopt.solver.validate import Simulation
 # (lazy.py), never a bound. The full search then starts from the best of them, with most of
 # the work left (1 - IMPROVE_AFTER_BLOCKS of it) raising the bound, which is the proof.
 # Measured on the meta-device GPT of benchmarks/bench_planner.py (fp8) at the budgets where
-# the greedy planner finds none (work limit 3.9 for 12 layers, 15.1 for 48):
+# the greedy planner finds none (work limit 3.9 for 12 layers, 15.1 for 48, 30.1 for 96):
 #   12 layers, 0.4 of keep-everything: the full search alone spent 3.8 units on a plan within
 #     0.08% of its bound; from the tied start 0.7 (the same 11758 us).
 #   12 layers, smallest feasible budget: 16919 us 1.08% from the bound -> the same plan 0.93%
@@ -45,12 +45,18 @@ from fxopt.solver.validate import Simulation
 #     lowest-peak plan, 91504 us); the tied start alone found 71878 us (optimal over the tied
 #     model) and the full search from it nothing better in 12.9 more units; the windows took
 #     it to 67282 us, 0.10% from the full model's bound.
+#   96 layers, smallest feasible budget: the lowest-peak plan, 183328 us, no bound -> 136520
+#     us, 1.44% from the bound (work 30.1).
 # Untying the last 0, 1, 2 or 3 of 12 blocks gave 20001, 19575, 17381 and 16919 us at the
 # smallest feasible budget; 6 of 48 untied found no plan within the tied start's work. Where
 # the greedy planner finds a plan, the tied start did not pay: at 0.6 and 0.5 of 48 layers it
 # found nothing better, at 0.8 the full search from it failed to prove the optimum it proved
-# from the greedy plan. The full search's bound wants the work: with 0.75 of the rest spent
-# improving (the default) the 48-layer bound above was 54914 us, 19% below the plan.
+# from the greedy plan, and windows from the greedy plan at 0.6 found nothing in 5.3 units
+# (15822 us; the full search alone reaches 15801). The full search's bound wants the work:
+# with 0.75 of the rest spent improving (the default) the 48-layer bound above was 54914 us,
+# 19% below the plan. Cloning one built model per window instead of building it again gave
+# the same plans and saved nothing measurable (53.3 against 53.6 s at 48 layers): CP-SAT's
+# own time is most of it.
 FREE_TAIL = 3
 BLOCK_SHARE = 0.15  # of the solve's work, at most; the tied model usually proves its optimum
 WINDOW = 6  # blocks per neighbourhood
