@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
@@ -106,18 +106,25 @@ def initial_rows(problem: Problem, starts: Sequence[Simulation], budget: int | N
 
 def solve_lazy(problem: Problem, opts: SolverOptions, budget: int | None,
                starts: Sequence[tuple[Decision, ...]], work: float, deadline: float,
-               fallback: tuple[Decision, ...] | None = None) -> LazyResult:
+               fallback: tuple[Decision, ...] | None = None,
+               restrict: Callable[[Model], None] | None = None,
+               improve_share: float | None = None) -> LazyResult:
     """Solve -> simulate -> add violated steps -> re-solve, within `work` deterministic seconds
     in all (NOTE [Work limit and safety net] in options.py); `deadline` (monotonic s) is the
     wall-clock safety net, and a search it stops raises SearchTimeoutError (with
     deterministic=False it is the limit instead). budget None minimises the peak instead of
     the time (for InfeasibleBudgetError). starts are hinted; fallback is only a candidate
-    answer."""
+    answer. restrict adds constraints to the model (a neighbourhood, NOTE [Block search] in
+    block_search.py): every plan is still simulated, so what it returns is valid either way.
+    improve_share: of the work, what goes to improving the plan before the rest raises the
+    bound (NOTE [Search]; default IMPROVE_SHARE, 1: none raises it)."""
     run = _LazyRun(problem, opts, budget)
     sims = [run.consider(d) for d in starts]
     if fallback is not None:  # a valid but poor plan: kept as the answer, never as the hint,
         run.consider(fallback, hint=False)  # since CP-SAT stays close to its hint
     mdl = build(problem, opts, exact_bytes=budget is None)
+    if restrict is not None:
+        restrict(mdl)
     if budget is None:
         hi = max(sim.peak_bytes for sim in sims)
         run.peak_var = mdl.model.new_int_var(0, hi, "peak")
@@ -127,8 +134,9 @@ def solve_lazy(problem: Problem, opts: SolverOptions, budget: int | None,
         cap = budget
     add_rows(mdl, cap, initial_rows(problem, sims, budget))
     search = _Search(mdl, run, cap, work, deadline, (starts[0], sims[0]))
-    search.rounds(work * IMPROVE_SHARE, lb_search=False)
-    if search.status is Status.FEASIBLE:  # not proven: the rest of the work raises the bound
+    share = IMPROVE_SHARE if improve_share is None else improve_share
+    search.rounds(work * share, lb_search=False)
+    if search.status is Status.FEASIBLE and share < 1:  # the rest of the work raises the bound
         search.rounds(work, lb_search=True)
     elif search.status is Status.UNKNOWN:  # no plan yet: keep looking for one
         search.rounds(work, lb_search=False)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fxopt.plan import Choices, Decision, LowbitFormat, Plan, Status
+from fxopt.solver.block_search import IMPROVE_AFTER_BLOCKS, block_plan
+from fxopt.solver.blocks import find_blocks
 from fxopt.solver.cache import PlanCache, cache_key
 from fxopt.solver.cpsat import choice_set
 from fxopt.solver.errors import InfeasibleBudgetError, SearchLimit
@@ -22,9 +25,10 @@ from fxopt.solver.validate import Simulation, keep_all, simulate, validate
 #    validates is returned as is.
 # 2. keep-everything fits: done (status KEEP_ALL).
 # 3. greedy plan (the hint; if its first pass fails, its storage-first passes give a fallback
-#    that is not hinted), then CP-SAT with lazy memory rows (lazy.py) within the work limit
-#    (NOTE [Work limit and safety net] in options.py). The answer is the best plan the
-#    validator accepted, with its status (NOTE [Statuses]).
+#    that is not hinted; where the Problem has repeated blocks, the block searches then give
+#    the hint, NOTE [Block search] in block_search.py), then CP-SAT with lazy memory rows
+#    (lazy.py) within the work limit (NOTE [Work limit and safety net] in options.py). The
+#    answer is the best plan the validator accepted, with its status (NOTE [Statuses]).
 # 4. No plan within the budget: the lowest-peak search (LOWEST_SHARE of the work, the same
 #    work whatever the budget, so the same plan) decides, even where CP-SAT proved that no
 #    choice of its restricted model fits (the lowest plan may lie outside it). The lowest peak
@@ -221,8 +225,15 @@ def _search(problem: Problem, opts: SolverOptions, budget: int, baseline: int, t
     if start is None and (opts.allow_offload or opts.allow_lowbit):
         start = fallback = greedy(problem, budget, opts)
     starts = [start[0]] if start is not None and fallback is None else [keep_all(problem)]
-    res = solve_lazy(problem, opts, budget, starts, work, deadline,
-                     fallback[0] if fallback is not None else None)
+    spent, share = 0.0, None
+    blocks = find_blocks(problem) if start is None or fallback is not None else None
+    if blocks is not None:  # no greedy hint: start from the blocks (NOTE [Block search])
+        found, spent = block_plan(problem, opts, budget, blocks, starts, work, deadline)
+        if found is not None:
+            starts, share = [found[0]], IMPROVE_AFTER_BLOCKS
+    res = solve_lazy(problem, opts, budget, starts, work - spent, deadline,
+                     fallback[0] if fallback is not None else None, improve_share=share)
+    res = dataclasses.replace(res, work=round(res.work + spent, 3))
     choices = choice_set(problem, opts)
     if res.best is None:
         low = lowest_peak(problem, opts, LOWEST_SHARE * work, deadline)
