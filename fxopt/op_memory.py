@@ -9,6 +9,7 @@ import sympy
 import torch
 import torch.fx as fx
 
+from fxopt.compat import is_dense
 from fxopt.tensor_meta import TensorMeta, size_hint, tensor_meta
 
 __all__ = ["channels_last_copy", "channels_last_outputs", "fallback_storage", "on_host",
@@ -216,6 +217,6 @@ def channels_last_outputs(nodes: list[fx.Node]) -> set[fx.Node]:
     for n in prefer:
         val = n.meta.get("val")
         if (isinstance(val, torch.Tensor) and val.dim() == 4 and n.op == "call_function"
-                and torch._prims_common.is_non_overlapping_and_dense_or_false(val)):
+                and is_dense(val)):
             out.add(n)
     return out
