@@ -18,7 +18,8 @@ solver's own time (`plan.solve_seconds`, the last solve of the closing loop), th
 and checks), the Problem's size, and the plan's hash from `--repeat` runs, each in a fresh
 plan cache (the search stops on deterministic work, so they must agree).
 
-Knapsack (benchmarks/results/planner_vs_knapsack.csv): for the example GPT and FNO, PyTorch's
+Knapsack (benchmarks/results/planner_vs_knapsack.csv): for the example GPT and FNO and the
+12-layer GPT of the scale rows (d=768, seq 1024, batch 8), PyTorch's
 `min_cut_rematerialization_partition` with `activation_memory_budget = f` for several f; its
 true peak (fxopt's memory simulator on its forward and backward graphs) becomes fxopt's budget
 in bytes. Both partitions' recompute time is measured the same way, as per-node roofline time
@@ -214,7 +215,9 @@ def knapsack_models() -> dict[str, tuple[nn.Module, tuple[torch.Tensor, ...]]]:
     idx = torch.zeros(8, 256, dtype=torch.long, device="meta")
     x = torch.empty(8, 64, 64, 3, device="meta")
     y = torch.empty(8, 64, 64, 1, device="meta")
-    return {"gpt-4x256-seq256-b8": (gpt, (idx, idx)), "fno-64x64-b8": (fno, (x, y))}
+    # and the scale benchmark's GPT at the planner benchmark's size (issue: d=768, seq 1024)
+    return {"gpt-4x256-seq256-b8": (gpt, (idx, idx)), "fno-64x64-b8": (fno, (x, y)),
+            "gpt-12x768-seq1024-b8": gpt_meta(12)}
 
 
 def compute_names(gm: fx.GraphModule) -> set[str]:
