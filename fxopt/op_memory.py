@@ -137,7 +137,7 @@ def _conv_workspace(n: fx.Node) -> int:
 
     def padded(t: torch.Tensor) -> int:
         c = size_hint(t.shape[1])
-        return tensor_meta(t).nbytes_hint // max(c, 1) * (-(-c // block) * block)
+        return tensor_meta(t).nbytes_hint // max(c, 1) * _round_up(c, block)
 
     if forward:
         inp, res = vals
@@ -155,9 +155,13 @@ def _conv_workspace(n: fx.Node) -> int:
 # the first kernel of the forward to the last `convolution_backward`, on top of everything the
 # graphs show (measured, RSS per wrapper line; its 7x7 weight's copy too, a few KiB). The copy
 # counts as a buffer of the placeholder's size wherever the placeholder is read.
+def _onednn() -> bool:
+    """Whether Inductor's CPU layout optimisation can run (it needs oneDNN)."""
+    return torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()
+
+
 def _inductor_channels_last(t: torch.Tensor) -> bool:
-    return (t.dim() == 4 and t.device.type == "cpu" and torch.backends.mkldnn.enabled
-            and torch.backends.mkldnn.is_available())
+    return t.dim() == 4 and t.device.type == "cpu" and _onednn()
 
 
 def channels_last_copy(n: fx.Node) -> int:
@@ -192,7 +196,7 @@ def channels_last_outputs(nodes: list[fx.Node]) -> set[fx.Node]:
     """Forward nodes that Inductor stores channels-last if the graph returns them (NOTE
     [Channels-last saved tensors])."""
     convs = [n for n in nodes if n.op == "call_function" and n.target is aten.convolution.default]
-    if not convs or not (torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+    if not convs or not _onednn():
         return set()
     for c in convs:
         for a in c.args[:2]:
