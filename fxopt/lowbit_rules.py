@@ -60,8 +60,8 @@ import types
 from collections.abc import Mapping
 
 from fxopt.plan import LOWBIT_FORMATS, LowbitFormat
+from fxopt.tensor_meta import FLOATING_DTYPES
 
-FLOATING_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64"})
 _NAMESPACES = frozenset({"aten", "prims", "fxopt", "_c10d_functional", "c10d_functional"})
 
 # Producers whose outputs are statistics, as {op base name: output indices (None = all)}.

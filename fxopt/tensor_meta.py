@@ -8,7 +8,10 @@ from dataclasses import dataclass
 import sympy
 import torch
 
-__all__ = ["TensorMeta", "size_hint", "tensor_meta"]
+__all__ = ["FLOATING_DTYPES", "TensorMeta", "size_hint", "tensor_meta"]
+
+# the floating dtypes as TensorMeta.dtype names them
+FLOATING_DTYPES = frozenset({"float32", "float16", "bfloat16", "float64"})
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 from fxopt.cost_models.fusion import FusionRules, Kernel, kernels_of
 from fxopt.graph import GraphView, OpKind, Role, Side
+from fxopt.tensor_meta import FLOATING_DTYPES
 
 __all__ = ["MemoryStep", "MemoryTimeline", "Step", "simulate_partition", "simulate_plan",
            "simulate_steps", "steps_of_partition", "channels_last_saved"]
@@ -242,7 +243,7 @@ def _dropped_outputs(fwd: GraphView, user_outs: Sequence[str],
     starts (NOTE [When the forward's outputs die]); the loss itself is held to the end."""
     def is_loss(name: str) -> bool:
         outs = fwd[name].outputs
-        return len(outs) == 1 and outs[0].shape_hint == () and outs[0].dtype in _FLOAT_DTYPES
+        return len(outs) == 1 and outs[0].shape_hint == () and outs[0].dtype in FLOATING_DTYPES
 
     losses = {name for name in user_outs if is_loss(name)}
     held = {fwd_key(name) for name in losses}
@@ -250,8 +251,6 @@ def _dropped_outputs(fwd: GraphView, user_outs: Sequence[str],
                         for k in [fwd_key(name)] if k is not None and k not in held)
     return (dropped, frozenset()) if losses else (frozenset(), dropped)
 
-
-_FLOAT_DTYPES = frozenset({"float16", "bfloat16", "float32", "float64"})
 
 
 def channels_last_saved(fwd: GraphView, bwd: GraphView) -> frozenset[str]:
