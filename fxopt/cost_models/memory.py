@@ -204,14 +204,16 @@ def steps_of_partition(fwd: GraphView, bwd: GraphView, rules: FusionRules = Fusi
     for name in user_outs:
         if (k := fwd_key(name)) is not None:
             keep.add(k)
-    early, late = _dropped_outputs(fwd, user_outs, fwd_key)
+    returned: set[Key] = set()  # what the backward returns (a view of a saved value too)
     for name in bwd.output_names:
         if name is None:
             continue
         sk = bwd.storage_of(name)
         k = b_res.get(sk, ("b", sk[0], sk[1]))
         if k is not None:
-            keep.add(k)
+            returned.add(k)
+    keep |= returned
+    early, late = (d - returned for d in _dropped_outputs(fwd, user_outs, fwd_key))
     # The backward receives every saved buffer, so each lives at least until it starts.
     handoff = Step("<backward>", Side.BWD, tuple(b_fresh.items()), frozenset(saved_map.values()),
                    drops=late | (early if not f_steps else frozenset()))
