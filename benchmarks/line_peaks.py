@@ -70,8 +70,8 @@ def _fxopt_mark(line: int) -> None:
 def _alloc_per_line(events: list[tuple[int, int]]) -> None:
     """Turn RECORD's time stamps into the allocator's peak and final bytes over each line
     (NOTE [Allocated bytes on the CPU] in benchmarks/measure.py): the profiler's memory events
-    between one mark and the next belong to the statement that ran there."""
-    events = sorted(events)
+    (in time order, `cpu_memory_events`) between one mark and the next belong to the
+    statement that ran there."""
     i = now = 0
     for j, (path, line, t, _) in enumerate(RECORD):
         peak = now
@@ -128,7 +128,7 @@ def _child(args: argparse.Namespace) -> None:
 
     # The generated code imports this module by name; under `-m` this file is __main__.
     from benchmarks.line_peaks import _ALLOC, _ON, RECORD, _alloc_per_line, _patch_loader
-    from benchmarks.measure import _trim_heap
+    from benchmarks.measure import _trim_heap, cpu_memory_events
     from fxopt.cost_models.memory import simulate_partition
     from fxopt.graph import GraphView, Side
     from fxopt.meter import restart_rss_peak, status_bytes
@@ -164,8 +164,7 @@ def _child(args: argparse.Namespace) -> None:
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             step()
         _ON[0] = False
-        _alloc_per_line([(e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                         if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")])
+        _alloc_per_line(cpu_memory_events(prof))
         hwm = max(r[2] for r in RECORD)
     else:
         step()

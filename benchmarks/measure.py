@@ -44,7 +44,8 @@ from fxopt.config import malloc_returns_memory
 from fxopt.graph import GraphView, Side
 from fxopt.meter import restart_rss_peak, status_bytes
 
-__all__ = ["StepMeasurement", "CapturingPartitioner", "allocated_peak", "measure_step",
+__all__ = ["StepMeasurement", "CapturingPartitioner", "allocated_peak", "cpu_memory_events",
+           "measure_step",
            "measure_in_subprocess",
            "MEASURE_ENV", "measure_node_times", "spearman"]
 
@@ -101,6 +102,13 @@ def _trim_heap() -> None:
 # too: torch.profiler's memory events (every allocation and free of PyTorch's CPU allocator,
 # with its size) summed in time order over one step. Scratch memory a library takes from malloc
 # directly (oneDNN's, pocketfft's) is not in it; the RSS peak has it.
+def cpu_memory_events(prof: Any) -> list[tuple[int, int]]:
+    """(time in ns, bytes: + allocated, - freed) of every CPU allocator event a
+    `torch.profiler.profile(profile_memory=True)` recorded, in time order."""
+    return sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                  if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
+
+
 def allocated_peak(step: Callable[[], object], zero_grad: Callable[[], None]) -> int:
     """Most bytes PyTorch's CPU allocator held at once during one ``step`` above what it held
     before (NOTE [Allocated bytes on the CPU])."""
@@ -110,10 +118,8 @@ def allocated_peak(step: Callable[[], object], zero_grad: Callable[[], None]) ->
     gc.collect()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
     now = peak = 0
-    for _, nbytes in events:
+    for _, nbytes in cpu_memory_events(prof):
         now += nbytes
         peak = max(peak, now)
     return peak
