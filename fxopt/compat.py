@@ -27,7 +27,8 @@ __all__ = [
     "OpOverload", "OpOverloadPacket", "TESTED_TORCH", "aot_autograd", "autograd_cache_off",
     "backend_compiler_failed", "check_torch_version", "compile_fx", "current_frame_id",
     "default_partition", "detect_fake_mode", "dynamo_reset", "functional_tensor_type",
-    "functorch_config", "inductor_config", "inductor_lowering", "inductor_partition_fn",
+    "functorch_config", "inductor_choices", "inductor_compile_inner", "inductor_config",
+    "inductor_lowering", "inductor_partition_fn",
     "inductor_partition_with", "inductor_wrapper_class", "is_dense", "is_fake",
     "make_boxed_func", "mark_dynamic",
     "min_cut_partition", "partitioners", "saved_for_backward_descriptor", "select_decomp_table",
@@ -88,6 +89,23 @@ def compile_fx(*args: Any, **kwargs: Any) -> Any:
     from torch._inductor.compile_fx import compile_fx as inductor_compile
 
     return inductor_compile(*args, **kwargs)
+
+
+def inductor_compile_inner() -> Callable[..., Any]:
+    """Inductor's `compile_fx_inner`: lowers, schedules and generates one forward or backward
+    graph (`compile_fx`'s default `inner_compile`)."""
+    from torch._inductor.compile_fx import compile_fx_inner
+
+    return compile_fx_inner
+
+
+def inductor_choices() -> tuple[Any, Callable[[Any], Any]]:
+    """The heuristics object Inductor's scheduler asks about fusions (`V.choices`, an
+    `InductorChoices`), and the setter of a thread's handler, whose result is a context that
+    restores the previous one."""
+    from torch._inductor.virtualized import V
+
+    return V.choices, V.set_choices_handler
 
 
 def inductor_partition_fn() -> Any:

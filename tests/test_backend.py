@@ -123,8 +123,11 @@ def test_bad_option_fails_before_compiling():
 def test_buffers_are_freed_at_their_last_use(monkeypatch):
     """NOTE [Each buffer is freed at its last use]: fxopt's generated code never hands a dead
     buffer to a later allocation, which plain torch.compile does for the same model. (In-place
-    kernels still write into an input they last read; the memory model counts those.)"""
+    kernels still write into an input they last read; the memory model counts those.)
+    Its scheduler asks fxopt's fusion rule too (NOTE [Inductor keeps fxopt's kernel order])."""
     from torch._inductor.codegen import wrapper
+
+    from fxopt.kernel_order import KernelOrderChoices
 
     handed_over = []
     plan = wrapper.AllocateLine.plan
@@ -134,7 +137,15 @@ def test_buffers_are_freed_at_their_last_use(monkeypatch):
         handed_over.append(isinstance(line, wrapper.ReuseLine))
         return line
 
+    asked = []
+    can_fuse = KernelOrderChoices.can_fuse
+
+    def counting_can_fuse(self, *args):
+        asked.append(1)
+        return can_fuse(self, *args)
+
     monkeypatch.setattr(wrapper.AllocateLine, "plan", counting_plan)
+    monkeypatch.setattr(KernelOrderChoices, "can_fuse", counting_can_fuse)
     torch.manual_seed(0)
     model = nn.Sequential(*(m for _ in range(4) for m in (nn.Linear(64, 64), nn.Tanh())))
     x = torch.randn(32, 64)
@@ -148,5 +159,5 @@ def test_buffers_are_freed_at_their_last_use(monkeypatch):
         assert handed_over, "no allocation planned: the check saw nothing"
         return sum(handed_over)
 
-    assert reused("inductor") > 0
-    assert reused(fxopt.backend()) == 0
+    assert reused("inductor") > 0 and not asked
+    assert reused(fxopt.backend()) == 0 and asked

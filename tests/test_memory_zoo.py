@@ -31,3 +31,20 @@ def test_hf_bert_prediction_matches_measured_peak() -> None:
     assert abs(ratio - 1) <= TOLERANCE, (
         f"hf_bert: predicted {predicted / 2**20:.2f} MiB, measured {measured / 2**20:.2f} MiB "
         f"(x{ratio:.3f})")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["hf_llama_checkpointing", "hf_llama"])
+def test_llama_at_half_budget_matches_allocated_peak(case: str) -> None:
+    """NOTE [Inductor keeps fxopt's kernel order]: with Inductor free to fuse the MLP
+    backward's recomputation into the SiLU backward, a matmul moved ahead of both and the
+    allocator's peak was 10.49 MiB for a predicted 9.55 (the checkpointed Llama; Llama 12.45
+    for 12.02). About 40 s each."""
+    job = dict(case=case, batch=256, device="cpu", steps=1, kind="measure", method="fxopt_0.5")
+    result, _ = run_child(job, 300, MODULE)
+    assert "error" not in result, result["error"]
+    predicted, allocated = result["predicted"]["peak"], result["alloc_bytes"]
+    ratio = predicted / allocated
+    assert abs(ratio - 1) <= TOLERANCE, (
+        f"{case}: predicted {predicted / 2**20:.2f} MiB, allocated {allocated / 2**20:.2f} MiB "
+        f"(x{ratio:.3f})")

@@ -127,6 +127,9 @@ def moves_matmul(view: GraphView, mm: str, add: str) -> bool:
 # kernel (config.inplace_buffers), which we model by ``Kernel.inplace``.  Saved tensors are
 # candidates too: AOTAutograd donates them to the backward (``bw_donated_idxs``), and the
 # compiled backward clears its argument list, so their storage can be written in place.
+# Inductor's scheduler may fuse neighbouring kernels into one, but fxopt's compiles never let a
+# fusion move a kernel (NOTE [Inductor keeps fxopt's kernel order] in fxopt/kernel_order.py):
+# the kernels run in the order given here, which the Problem's anchors and the passes rely on.
 # NOTE [Kernels lowered together]
 # A pointwise value that is not realised at its own node is emitted when a later node needs a
 # buffer (an extern kernel's input, an output): that node's lowering emits both kernels, the
