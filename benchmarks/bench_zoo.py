@@ -93,14 +93,11 @@ def _report_row(r: Any) -> dict[str, Any]:
             "warnings": list(getattr(r.plan, "warnings", ()) or ())}
 
 
-def _step_peaks(reports: Any, graph_count: int) -> dict[str, int | None]:
-    """Predicted step peaks of a list of Reports, as fxopt.explain's StepReport adds them."""
-    from fxopt.report.model import StepReport
-
-    step = StepReport(tuple(reports), graph_count, 0.0)
+def _step_peaks(step: Any) -> dict[str, int | None]:
+    """The predicted peaks of a StepReport (fxopt.explain's, or a backend's step_report())."""
     return {"peak": step.peak_bytes, "keep": step.baseline_peak_bytes,
             "default": step.default_peak_bytes,
-            "budget": sum(r.budget_bytes or 0 for r in reports) or None}
+            "budget": sum(r.budget_bytes or 0 for r in step.graphs) or None}
 
 
 def _fallbacks(reports: Any) -> list[str]:
@@ -129,7 +126,7 @@ def child_explain(job: dict[str, Any]) -> dict[str, Any]:
         with autocast_context(case, job["device"]):  # forward + loss as forward_loss runs them
             step = fxopt.explain(model, kwargs=inputs, loss_fn=loss_fn,
                                  targets=tuple(targets.values()), budget=budget)
-        out[label] = dict(_step_peaks(step.graphs, step.graph_count),
+        out[label] = dict(_step_peaks(step),
                           graph_count=step.graph_count, reports=len(step.graphs),
                           fallbacks=_fallbacks(step.graphs), seconds=time.perf_counter() - t0,
                           graphs=[_report_row(r) for r in step.graphs])
@@ -152,11 +149,13 @@ def child_measure(job: dict[str, Any]) -> dict[str, Any]:
         mark_dynamic_batch(inputs)
     _warm(case, model, inputs, targets, device)
     method = job["method"]
+    backend = None
     if method == "compile":
         compiled = torch.compile(model)
     else:
         budget = None if method == "fxopt" else float(method.split("_", 1)[1])
-        compiled = torch.compile(model, backend=fxopt.backend(budget=budget))
+        backend = fxopt.backend(budget=budget)
+        compiled = torch.compile(model, backend=backend)
     cuda = device.startswith("cuda")
     losses: list[float] = []
 
@@ -176,7 +175,9 @@ def child_measure(job: dict[str, Any]) -> dict[str, Any]:
     zero()
     step()
     compile_s = time.perf_counter() - t0
-    first_graphs, first_reports = int(counters["stats"]["unique_graphs"]), len(fxopt.reports())
+    first_graphs = int(counters["stats"]["unique_graphs"])
+    # the training graphs of the step (a graph re-planned for the step has a report per plan)
+    first_reports = len(backend.step_report().graphs) if backend else len(fxopt.reports())
     m = measure_step(step, zero, device=device, warmup=1)
     times = []
     for _ in range(job["steps"]):
@@ -189,11 +190,7 @@ def child_measure(job: dict[str, Any]) -> dict[str, Any]:
     alloc = m.peak_bytes if cuda else allocated_peak(step, zero)
     reports = list(fxopt.reports())
     graphs = int(counters["stats"]["unique_graphs"])
-    # Graphs Dynamo built after the first step are recompiles: the steady state runs the last
-    # first_reports of them (when a recompile replaced all of them; otherwise it is ambiguous).
-    recompiles = graphs - first_graphs
-    steady = reports[-first_reports:] if first_reports and (
-        len(reports) == first_reports or len(reports) == 2 * first_reports) else []
+    recompiles = graphs - first_graphs  # graphs Dynamo built after the first step
     out = dict(peak_bytes=m.peak_bytes, alloc_bytes=alloc, baseline_bytes=m.baseline_bytes,
                compile_s=compile_s,
                step_s=times[len(times) // 2], step_min_s=times[0], step_times_s=times,
@@ -201,8 +198,8 @@ def child_measure(job: dict[str, Any]) -> dict[str, Any]:
                recompiles=recompiles, graphs=[_report_row(r) for r in reports],
                fallbacks=_fallbacks(reports), status=[r.status for r in reports],
                solve_s=sum(r.solve_seconds for r in reports))
-    if steady:
-        out["predicted"] = _step_peaks(steady, first_graphs)
+    if backend is not None:  # the step as the backend planned it, each graph once
+        out["predicted"] = _step_peaks(backend.step_report())
     return out
 
 

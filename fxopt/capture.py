@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from fxopt.compat import (
     select_decomp_table,
     set_inductor_fake_mode,
 )
+from fxopt.runs import InFlight
 
 PartitionFn = Callable[..., tuple[fx.GraphModule, fx.GraphModule]]
 LossFn = Callable[..., torch.Tensor]  # loss_fn(output, *targets) -> scalar
@@ -115,10 +117,22 @@ def fake_input(value: Any, mode: Any, device: torch.device) -> Any:
 
 class CaptureBackend:
     """A Dynamo backend: AOTAutograd with Inductor's decompositions, joint-graph passes and the
-    given partition; both halves run as FX graphs on fake tensors. Counts the graphs."""
+    given partition; both halves run as FX graphs on fake tensors. Counts the graphs, and the
+    runs of each training graph in flight at once (NOTE [Counting runs] in fxopt/runs.py)."""
 
-    def __init__(self, partition: PartitionFn) -> None:
-        self.partition = partition
+    def __init__(self, partition: PartitionFn, key_of: Callable[[], str] = lambda: "graph"
+                 ) -> None:
+        self.partitions = 0
+        # per training graph, by `key_of()` at its compile: a frame compiled again (other
+        # guards) is the same graph of the step, as the backend counts it
+        self.in_flight: dict[str, InFlight] = {}
+        self.key_of = key_of
+
+        def counted(*args: Any, **kwargs: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
+            self.partitions += 1
+            return partition(*args, **kwargs)
+
+        self.partition: PartitionFn = counted
         self.graphs = 0
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
@@ -128,16 +142,35 @@ class CaptureBackend:
             fw_compiler=boxed, bw_compiler=boxed, inference_compiler=boxed,
             partition_fn=inductor_partition_with(self.partition),
             decompositions=select_decomp_table())
+        before = self.partitions
         # Inductor's joint-graph passes read the fake mode from its virtualized state.
         with set_inductor_fake_mode(detect_fake_mode(example_inputs)), autograd_cache_off():
-            return inner(gm, example_inputs)
+            run = inner(gm, example_inputs)
+        if self.partitions == before:  # no backward: nothing held
+            return run
+        runs = self.in_flight.setdefault(self.key_of(), InFlight())
+
+        def counted_run(*args: Any) -> Any:
+            out = run(*args)
+            runs.started(out)
+            return out
+
+        return counted_run
+
+
+@dataclass(frozen=True)
+class Captured:
+    graphs: int  # how many graphs Dynamo built
+    in_flight: dict[str, int]  # most runs of each training graph in flight, by graph key
 
 
 def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any],
                  loss_fn: LossFn | None, targets: Sequence[Any], partition: PartitionFn, *,
-                 device: torch.device) -> int:
+                 device: torch.device, key_of: Callable[[], str] = lambda: "graph"
+                 ) -> Captured:
     """Runs `loss_fn(torch.compile(model)(*inputs, **kwargs), *targets).backward()` on fake
-    tensors, calling `partition` on every joint graph; returns how many graphs Dynamo built."""
+    tensors, calling `partition` on every joint graph; `key_of()` names the graph being
+    compiled (`fxopt.hook.graph_key`)."""
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     if not any(p.requires_grad for p in model.parameters()):
@@ -145,7 +178,7 @@ def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any]
                          "pass to plan")
     loss_of = loss_fn or default_loss
     mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
-    backend = CaptureBackend(partition)
+    backend = CaptureBackend(partition, key_of)
     fake = functools.partial(fake_input, mode=mode, device=device)
     args = [fake(x) for x in inputs]
     kw = {k: fake(v) for k, v in kwargs.items()}
@@ -161,7 +194,7 @@ def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any]
                 loss.backward()
     finally:
         dynamo_reset()
-    return backend.graphs
+    return Captured(backend.graphs, {k: r.most for k, r in backend.in_flight.items()})
 
 
 @contextlib.contextmanager

@@ -4,15 +4,16 @@ then Inductor code generation for the forward and backward graphs."""
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 
-from fxopt.compat import autograd_cache_off, compile_fx, tree_leaves
+from fxopt.compat import autograd_cache_off, compile_fx, inductor_compile_inner
 from fxopt.config import Options
+from fxopt.kernel_order import keeping_kernel_order
+from fxopt.runs import watch_run
 from fxopt.step import Step
 
 CompiledFn = Callable[..., Any]
@@ -28,11 +29,14 @@ def _compile(gm: fx.GraphModule, example_inputs: Sequence[Any], options: Options
     # calls the custom partitioner on the joint graph and compiles both halves with Inductor.
     # NOTE [Plans are never served from AOTAutograd's cache]: a cache hit would skip the
     # partitioner, leaving no report for the graph; the plan itself is cached on disk by the
-    # solver, and Inductor's code cache still serves the compiled kernels.
+    # solver, and Inductor's code cache still serves the compiled kernels. Each half is
+    # scheduled in the plan's kernel order (NOTE [Inductor keeps fxopt's kernel order]).
+    inner = keeping_kernel_order(compile_kwargs.pop("inner_compile", inductor_compile_inner()))
     with autograd_cache_off():
         return compile_fx(gm, list(example_inputs), config_patches={
             **(config_patches or {}), **offload_patches(options), **FREE_AT_LAST_USE,
-            "custom_partitioner_fn": FxoptPartitioner(options, step, key)}, **compile_kwargs)
+            "custom_partitioner_fn": FxoptPartitioner(options, step, key)},
+            inner_compile=inner, **compile_kwargs)
 
 
 # NOTE [Each buffer is freed at its last use]
@@ -66,29 +70,6 @@ def _symbolic(gm: fx.GraphModule) -> bool:
                 isinstance(d, torch.SymInt) for d in (*val.shape, *val.stride())):
             return True
     return False
-
-
-def _watchable_node(out: Any) -> Any:
-    """An autograd node of the run's outputs that a weak reference can watch, or None.
-
-    Some C++ nodes refuse weak references: an output that AOTAutograd regenerates as a view
-    of another has a view's node (`SliceBackward0` in neuraloperator's FNO), and
-    `weakref.finalize` on it raises. Its inputs lead to the compiled function's own node."""
-    frontier = [t.grad_fn for t in tree_leaves(out)
-                if isinstance(t, torch.Tensor) and t.grad_fn is not None]
-    seen: set[int] = set()
-    while frontier:
-        node = frontier.pop(0)
-        if node is None or id(node) in seen:
-            continue
-        seen.add(id(node))
-        try:
-            weakref.ref(node)
-        except TypeError:
-            frontier.extend(next_node for next_node, _ in node.next_functions)
-            continue
-        return node
-    return None
 
 
 class StepGraph:
@@ -139,30 +120,12 @@ class StepGraph:
             self.step.meter = None
         return out
 
-    # NOTE [Counting runs]
-    # Each run of a training graph holds its saved tensors until its backward. Runs in flight
-    # are counted from the autograd node of the run's outputs: +1 at the forward, -1 when that
-    # node's backward has run or the node is freed without one (a forward whose loss is never
-    # backpropagated). The count returns to 0 at the end of each wave (a step, or one
-    # microbatch under gradient accumulation); the most in flight during a wave is how many
-    # copies of its saved tensors the step holds at once, which the step compares with what
-    # the plan assumed (`Step.saw_copies`).
     def _count_run(self, out: Any) -> bool:
-        """Counts a run in flight until its backward (False: it has none)."""
-        node = _watchable_node(out)
-        if node is None:
-            return False
-        self._trains = True
+        """Counts a run in flight until its backward (NOTE [Counting runs] in fxopt/runs.py;
+        False: it has none)."""
         runs = self._runs
-        runs.in_flight += 1
-        self.step.in_flight += 1
-        runs.wave = max(runs.wave, runs.in_flight)
-        done = [False]
 
         def finish(backward: bool) -> None:
-            if done[0]:
-                return
-            done[0] = True
             runs.in_flight -= 1
             self.step.in_flight -= 1
             runs.backwards += backward
@@ -178,8 +141,12 @@ class StepGraph:
                 self.step.meter = None
                 meter.stop()
 
-        node.register_hook(lambda *_: finish(True))
-        weakref.finalize(node, finish, False)
+        if not watch_run(out, finish):
+            return False
+        self._trains = True
+        runs.in_flight += 1
+        self.step.in_flight += 1
+        runs.wave = max(runs.wave, runs.in_flight)
         return True
 
     def _saw(self, copies: int) -> None:
@@ -220,7 +187,10 @@ class StepGraph:
         text = (f"fxopt: measured step peak {format_bytes(peak)}, predicted "
                 f"{format_bytes(predicted)}")
         if excess > 0:
-            text += (f"; {format_bytes(excess)} of it no graph planned: "
+            # once counted, the outside memory is what lies on top of the graphs' live bytes
+            # after their forwards, which can be more than the excess over the predicted peak
+            outside = self.step.unplanned_bytes or excess
+            text += (f"; {format_bytes(outside)} held outside the compiled graphs: "
                      f"{unplanned_hint(self.step.ordered_reports())}")
         if stale:
             text += f"; re-planning {', '.join(stale)} with it counted"

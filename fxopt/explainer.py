@@ -56,8 +56,16 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
     device = fake_device(model, gpu)
     plan_on = "cuda" if gpu else None
     t0 = time.perf_counter()
-    count = capture_step(model, example_inputs, dict(kwargs or {}), loss_fn, tuple(targets),
-                         partition, device=device)
+    captured = capture_step(model, example_inputs, dict(kwargs or {}), loss_fn,
+                            tuple(targets), partition, device=device, key_of=graph_key)
+    count = captured.graphs
+    # Blocks that share one compiled graph run it several times before its backward: each
+    # run holds its saved tensors (NOTE [Counting runs] in fxopt/runs.py), as the backend
+    # finds in the first step and re-plans for. The one step traced here runs a single
+    # microbatch: runs declared in flight (`in_flight`, a pipeline's) are not lowered.
+    for key, most in captured.in_flight.items():
+        if most > step.copies(key) and key in joints:
+            step.saw_copies(key, most)
     # NOTE [Step budgets]: graphs that a later one left too little room are planned again,
     # as the backend recompiles them at their next call.
     for _ in range(MAX_REPLANS):

@@ -3,7 +3,7 @@
 NOTE [Measuring the step in training]
 The step runs from the forward of its first graph (training or not: a graph without backward
 may run first, and what it returns is the step's), called with no run in flight, to the end of
-the last backward in flight (NOTE [Counting runs] in fxopt/compiler.py): blocks sharing one
+the last backward in flight (NOTE [Counting runs] in fxopt/runs.py): blocks sharing one
 graph and microbatches of a pipeline stage are all inside it. `StepMeter.start` is called just
 before the first graph's forward and `stop` from the hook that counts the last run's backward
 as done (the optimizer, which runs after, is not part of the step).

@@ -69,3 +69,33 @@ def test_declared_runs_in_flight_plan_the_first_step() -> None:
     step = backend.step_report()
     assert step.copies == (4,) and len(step.graphs) == 1
     assert all(not getattr(r, "recompiles", 0) for r in step.graphs)
+
+
+class Blocks(nn.Module):
+    """Four blocks whose frame Dynamo compiles once: a graph break after each block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(Block() for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+            torch._dynamo.graph_break()
+        return x
+
+
+def test_explain_counts_the_runs_its_step_holds_as_the_backend_does() -> None:
+    torch.manual_seed(0)
+    model, x = Blocks(), torch.randn(128, 64)
+    explained = fxopt.explain(model, x, loss_fn=lambda o: o.pow(2).mean(), budget=0.7)
+    backend = fxopt.backend(budget=0.7)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend=backend)
+    for _ in range(3):
+        model.zero_grad(set_to_none=True)
+        compiled(x).pow(2).mean().backward()
+    compiled_step = backend.step_report()
+    assert explained.copies == compiled_step.copies
+    assert 4 in explained.copies, "the blocks' graph runs four times before its backward"
+    assert explained.peak_bytes == compiled_step.peak_bytes
