@@ -20,7 +20,7 @@ from fxopt.config import Options, OptionsError, format_bytes
 from fxopt.pipeline import (
     plan_joint,
     planned_use,
-    saved_input_bytes,
+    saved_inputs_of,
     saved_tensors,
     timeline_of,
 )
@@ -65,13 +65,12 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
         copy_graph(gm), joint_inputs, **kwargs)
     stages = [Stage("PyTorch partition", time.perf_counter() - t0)]
     default_timeline = None
+    default_use: GraphUse | None = None  # PyTorch's partition as the step sees it
 
     def report(fwd: fx.GraphModule, bwd: fx.GraphModule, strategy: str, **fields: Any
                ) -> Report:
         """The one place a Report is built: what every outcome shares and the outcome's own
         `fields` (with `planned`, what the planning found, when it got that far)."""
-        default_use = (planned_use(default_timeline, default_bwd, static)
-                       if default_timeline else None)
         common: dict[str, Any] = dict(
             options=options, strategy=strategy, plan=None, fallback_reason=None,
             peak_bytes=None, solve_seconds=0.0,
@@ -85,12 +84,13 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
 
     try:
         default_timeline = timeline_of(DEFAULT_SERIES, default_fwd, default_bwd)
+        default_use = planned_use(default_timeline, default_fwd, default_bwd, static)
         planned = plan_joint(gm, options, num_fwd_outputs=num_fwd_outputs,
                              static_lifetime_input_indices=static,
-                             default_use=planned_use(default_timeline, default_bwd, static),
+                             default_use=default_use,
                              device_type=device_type,
                              share=lambda use, default: step.share(key, use, default),
-                             saved_inputs=saved_input_bytes(default_bwd, static),
+                             saved_inputs=saved_inputs_of(default_fwd, default_bwd, static),
                              agree=step.agreement)
     except (InfeasibleBudgetError, SearchTimeoutError, OptionsError) as err:
         err.report = report(default_fwd, default_bwd, "error",
@@ -100,25 +100,28 @@ def partition_joint(gm: fx.GraphModule, joint_inputs: Any, options: Options, *,
     except Exception as err:  # noqa: BLE001 - see NOTE [Fallback]; the cause is logged in full
         log.warning("fxopt: could not plan this graph (%s: %s); using PyTorch's default partition "
                     "for it", type(err).__name__, err, exc_info=True)
-        if default_timeline is not None:
-            step.record(key, planned_use(default_timeline, default_bwd, static), None)
+        if default_use is not None:
+            step.record(key, default_use, None)
         return default_fwd, default_bwd, report(
             default_fwd, default_bwd, "PyTorch default",
             fallback_reason=f"{type(err).__name__}: {err}")
-    default_use = planned_use(default_timeline, default_bwd, static)
+    # both with the runs in flight the step holds (NOTE [Copies in flight])
+    copies = step.copies(key)
+    default_runs = dataclasses.replace(default_use, copies=copies)
+    plan_runs = dataclasses.replace(planned.use, copies=copies)
     coupling = planned.share.coupling
-    if _default_is_lower(planned.use, default_use, coupling, planned.share.budget_bytes):
+    if _default_is_lower(plan_runs, default_runs, coupling, planned.share.budget_bytes):
         # NOTE [Never above PyTorch's default]: where fxopt's lowest plan stays above the budget
         # (no budget: PyTorch's own partition's peak) and PyTorch's partition peaks lower, that
         # partition is the better plan and is used, as a choice, not a fallback.
-        step.record(key, default_use, coupling)
+        step.record(key, default_runs, coupling)
         log.info("fxopt: PyTorch's partition peaks at %s, below fxopt's lowest plan (%s); "
-                 "using it for %s", format_bytes(own_peak(default_use, coupling)),
-                 format_bytes(own_peak(planned.use, coupling)), key)
+                 "using it for %s", format_bytes(own_peak(default_runs, coupling)),
+                 format_bytes(own_peak(plan_runs, coupling)), key)
         return default_fwd, default_bwd, report(
             default_fwd, default_bwd, "PyTorch default", planned=planned,
             peak_bytes=default_timeline.peak_bytes, status=Status.DEFAULT_LOWER,
-            plan_use=default_use, timelines=(planned.timelines[0], default_timeline))
+            plan_use=default_runs, timelines=(planned.timelines[0], default_timeline))
     plan = planned.plan
     if plan.warnings:  # said once per step (the reports of the other graphs keep theirs)
         level = logging.WARNING if step.first_warning() else logging.INFO

@@ -42,9 +42,11 @@ which is the order the forward first reaches them; the backward runs them in rev
   the predicted step peak (above what is held before it) counts `reserved`, and errors name
   peaks with both, in the terms of the size the user gave.
 * Once the plans settle, one real step is measured (NOTE [Measuring the step in training] in
-  fxopt/meter.py). What it held above the prediction (eager code between or after the
-  graphs, such as a loss on a large output) counts from then on as one more graph at the end
-  of the step, and under a size the graphs that no longer fit are planned once more.
+  fxopt/meter.py). What it held outside the graphs (eager code between or after them, such
+  as a loss on a large output) counts from then on as one more graph after the last one: on
+  top of every graph's saved tensors, where an eager loss runs, so it is the measured peak
+  less the predicted bytes there, not less the predicted peak (which may lie in a backward).
+  Under a size the graphs that no longer fit are planned once more.
 * A fraction is a fraction of the step's keep-everything peak (the same sum, every graph
   keeping everything), best effort; a size is a promise: when even re-planned earlier graphs
   leave a graph no room, the compile fails and names the step's peak with every graph at its
@@ -146,7 +148,7 @@ class Share:
 
 @dataclass
 class Runs:
-    """Runs of one graph in flight (NOTE [Counting runs] in fxopt/compiler.py), shared by
+    """Runs of one graph in flight (NOTE [Counting runs] in fxopt/runs.py), shared by
     every compile of its frame (a recompile for inputs that now need gradients is the same
     graph of the step)."""
 
@@ -159,6 +161,7 @@ class Runs:
 class _Entry:
     key: str
     keep: GraphUse | None = None  # keeping everything
+    default: GraphUse | None = None  # PyTorch's partition
     use: GraphUse | None = None  # as planned
     planned_with: Coupling | None = None
     replans: int = 0
@@ -231,7 +234,8 @@ class Step:
             return None if entry.static_inputs is None else list(entry.static_inputs)
 
     def _tail(self) -> list[GraphUse]:
-        """The measured memory no graph planned, as a graph at the end of the step."""
+        """The measured memory no graph planned, as one more graph after the last one (its
+        forward peak sits on top of every graph's saved tensors, where an eager loss runs)."""
         return [GraphUse(0, self.unplanned_bytes, 0, 0)] if self.unplanned_bytes > 0 else []
 
     def _coupling(self, key: str, own: GraphUse) -> Coupling:
@@ -249,6 +253,7 @@ class Step:
             keep = replace(keep, copies=copies)
             default = replace(default, copies=copies) if default is not None else None
             self._entry(key).keep = keep
+            self._entry(key).default = default
             coupling = self._coupling(key, keep)
             budget = self.options.budget
             cap = min(own_peak(keep, coupling),
@@ -278,19 +283,27 @@ class Step:
 
     def _mark_unfit(self, skip: str | None, tolerance: float = TOLERANCE) -> list[str]:
         """Marks for re-planning every planned graph that no longer fits the step's budget
-        (a size as budget: within `tolerance`, as a plan is accepted)."""
+        (a size as budget: within `tolerance`, as a plan is accepted). Without a budget, every
+        graph that peaks above PyTorch's partition of it beside the graphs around it as they
+        are now: a graph planned before the later ones joined did not know the room they need
+        after its forward (NOTE [Never above PyTorch's default] in fxopt/partition.py)."""
         step_budget = self._graphs_budget()
-        if step_budget is None:
-            return []
-        if self.options.budget is not None and self.options.budget.nbytes is not None:
+        if step_budget is not None and self.options.budget is not None \
+                and self.options.budget.nbytes is not None:
             step_budget += int(self.options.budget.nbytes * tolerance)
+
+        def unfit(e: _Entry, u: GraphUse, c: Coupling) -> bool:
+            if step_budget is None:
+                return e.default is not None and own_peak(u, c) > own_peak(e.default, c)
+            return c.held_before + own_peak(u, c) > step_budget
+
         planned = [e for e in self._entries if e.use is not None]
         uses = [e.use for e in planned if e.use is not None] + self._tail()
         stale = []
         for e, u, c in zip(planned, uses, couplings(uses)):
             if e.key == skip or e.replans >= MAX_REPLANS or c == e.planned_with:
                 continue
-            if c.held_before + own_peak(u, c) > step_budget:
+            if unfit(e, u, c):
                 e.replans += 1
                 self._stale.add(e.key)
                 stale.append(e.key)
@@ -421,8 +434,8 @@ class Step:
 
     def measured(self, peak: int) -> list[str]:
         """Takes the measured peak of one step; under a size as budget, the first excess over
-        the prediction is counted as memory at the end of the step and the graphs that no
-        longer fit are returned for re-planning."""
+        the prediction is counted as memory after the last graph's forward (`_outside`) and
+        the graphs that no longer fit are returned for re-planning."""
         with self._lock:
             self.measurements += 1
             self._measured_at = self.compiles
@@ -433,12 +446,23 @@ class Step:
             if excess <= 0 or self.unplanned_bytes or budget is None or budget.nbytes is None \
                     or peak <= budget.nbytes - self.options.resident:
                 return []
-            self.unplanned_bytes = excess
+            self.unplanned_bytes = self._outside(peak)
             for e in self._entries:
                 e.replans = min(e.replans, MAX_REPLANS - 1)  # one more re-plan for this
                 e.planned_with = None  # re-checked whatever their coupling
             # The real step overshot once already: no tolerance on top of that.
             return self._mark_unfit(skip=None, tolerance=0.0)
+
+    def _outside(self, peak: int) -> int:
+        """The memory outside the graphs that makes the predicted step peak `peak`, held
+        after the last graph's forward (an eager loss holds its own tensors there, on top of
+        every graph's saved ones): `peak` less the step's predicted live bytes at that point.
+        The excess over the predicted peak would be too little where the prediction peaks
+        elsewhere, in a backward."""
+        uses = [e.use for e in self._entries if e.use is not None]
+        # with `peak` outside, the point after the forwards dominates: its bytes are the rest
+        at_turn = step_peak([*uses, GraphUse(0, peak, 0, 0)]) - peak
+        return max(0, peak - self.options.reserved - at_turn)
 
     def _step_budget(self) -> int | None:
         budget = self.options.budget
@@ -481,6 +505,8 @@ class Step:
             entry.use = replace(entry.use, copies=copies)
             if entry.keep is not None:
                 entry.keep = replace(entry.keep, copies=copies)
+            if entry.default is not None:
+                entry.default = replace(entry.default, copies=copies)
             stale = []
             if entry.replans < MAX_REPLANS:
                 entry.replans += 1

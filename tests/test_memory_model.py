@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import sympy
 import torch
 import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import fxopt
 from fxopt.cost_models.fusion import kernels_of
 from fxopt.cost_models.memory import Step, simulate_partition, simulate_plan, simulate_steps
 from fxopt.cost_models.partition_view import keep_everything, saved_names, split_view
@@ -212,6 +214,12 @@ def brute_force_partition(fwd: GraphView, bwd: GraphView) -> int:
         if not fwd[root(fwd, o)].is_fixed:
             dies = end if o == "loss" else pos_h - 1 if in_graph and pos_h > 0 else pos_h
             add(f"f:{root(fwd, o)}", 0, 0, dies)
+    # NOTE [Gradients the caller hands in]: with the loss outside, the tangents are held by the
+    # caller to the end of the backward.
+    if not in_graph:
+        for n in bwd.nodes:
+            if n.role is Role.TANGENT:
+                add(f"b:{n.name}", 0, 0, end)
     for o in bwd.output_names:
         r = root(bwd, o)
         if not bwd[r].is_fixed and bwd[r].role is not Role.SAVED:
@@ -309,3 +317,30 @@ def test_dropped_kept_buffer_dies_after_its_last_read() -> None:
     tl = simulate_steps(steps, keep={k("a"), k("b")}, boundary=2)
     assert [s.live_bytes for s in tl.steps] == [10, 30, 25, 21]
     assert (tl.saved_bytes, tl.end_bytes) == (20, 0)
+
+
+# ----------------------------------------------- NOTE [Saved inputs and the timeline]
+class PatchEmbed(nn.Module):
+    """ViT's patch embedding: a 2-d convolution that reads the user's input (and saves it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 4, stride=4)
+        self.head = nn.Linear(8 * 16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x).flatten(1))
+
+
+@pytest.mark.skipif(not (torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()),
+                    reason="Inductor copies a convolution's input channels-last only with oneDNN")
+def test_a_saved_input_copied_channels_last_counts_once() -> None:
+    """The backward gets the forward's channels-last copy of the input in its place, which the
+    timeline holds; counted again at the boundary it set the step's peak (430080 B against
+    the graph's own 271360 B)."""
+    x = torch.randn(64, 3, 16, 16)
+    step = fxopt.explain(PatchEmbed(), x)
+    (report,) = step.graphs
+    assert any(s.name.startswith("primals") and s.nbytes == x.nbytes for s in report.saved)
+    assert report.timelines[0].live_bytes[0] >= x.nbytes  # the copy, from the first kernel
+    assert step.peak_bytes == report.peak_bytes
