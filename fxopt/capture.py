@@ -32,7 +32,7 @@ from fxopt.compat import (
     select_decomp_table,
     set_inductor_fake_mode,
 )
-from fxopt.runs import InFlight
+from fxopt.runs import InFlight, distinct_key, signature
 
 PartitionFn = Callable[..., tuple[fx.GraphModule, fx.GraphModule]]
 LossFn = Callable[..., torch.Tensor]  # loss_fn(output, *targets) -> scalar
@@ -120,17 +120,24 @@ class CaptureBackend:
     given partition; both halves run as FX graphs on fake tensors. Counts the graphs, and the
     runs of each training graph in flight at once (NOTE [Counting runs] in fxopt/runs.py)."""
 
-    def __init__(self, partition: PartitionFn, key_of: Callable[[], str] = lambda: "graph"
-                 ) -> None:
+    def __init__(self, partition: PartitionFn, key_of: Callable[[], str] = lambda: "graph",
+                 pass_key: bool = False) -> None:
+        """`key_of()`: the frame being compiled (`fxopt.hook.graph_key`); each training graph
+        gets a key from it (NOTE [Graphs of one frame] in fxopt/runs.py), which `partition`
+        is given as `key=` with `pass_key`."""
         self.partitions = 0
-        # per training graph, by `key_of()` at its compile: a frame compiled again (other
-        # guards) is the same graph of the step, as the backend counts it
+        # the runs of each training graph, by its key: a frame compiled again (other guards)
+        # with no run in flight is the same graph of the step, as the backend counts it
         self.in_flight: dict[str, InFlight] = {}
         self.key_of = key_of
+        self.key = "graph"  # of the graph being compiled
+        self.order: list[str] = []  # the training runs, forward order (NOTE [The step's runs])
+        self.most = 0  # the most runs in flight at once
+        self.signatures: dict[str, tuple] = {}  # each graph's input shapes, by key
 
         def counted(*args: Any, **kwargs: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
             self.partitions += 1
-            return partition(*args, **kwargs)
+            return partition(*args, **({"key": self.key} if pass_key else {}), **kwargs)
 
         self.partition: PartitionFn = counted
         self.graphs = 0
@@ -143,16 +150,29 @@ class CaptureBackend:
             partition_fn=inductor_partition_with(self.partition),
             decompositions=select_decomp_table())
         before = self.partitions
+        shapes = signature(example_inputs)
+
+        def other_graph(k: str) -> bool:  # NOTE [Graphs of one frame] in fxopt/runs.py
+            known = self.signatures.setdefault(k, shapes)
+            if k not in self.in_flight or self.in_flight[k].now == 0 or known == shapes:
+                self.signatures[k] = shapes
+                return False
+            return True
+
+        self.key = distinct_key(self.key_of(), other_graph)
         # Inductor's joint-graph passes read the fake mode from its virtualized state.
         with set_inductor_fake_mode(detect_fake_mode(example_inputs)), autograd_cache_off():
             run = inner(gm, example_inputs)
         if self.partitions == before:  # no backward: nothing held
             return run
-        runs = self.in_flight.setdefault(self.key_of(), InFlight())
+        key = self.key
+        runs = self.in_flight.setdefault(key, InFlight())
 
         def counted_run(*args: Any) -> Any:
             out = run(*args)
-            runs.started(out)
+            if runs.started(out):
+                self.order.append(key)
+                self.most = max(self.most, sum(r.now for r in self.in_flight.values()))
             return out
 
         return counted_run
@@ -162,6 +182,9 @@ class CaptureBackend:
 class Captured:
     graphs: int  # how many graphs Dynamo built
     in_flight: dict[str, int]  # most runs of each training graph in flight, by graph key
+    # the training runs in forward order, every forward before the first backward (NOTE [The
+    # step's runs] in fxopt/step.py); None where backwards came between
+    order: tuple[str, ...] | None = None
 
 
 def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any],
@@ -169,8 +192,8 @@ def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any]
                  device: torch.device, key_of: Callable[[], str] = lambda: "graph"
                  ) -> Captured:
     """Runs `loss_fn(torch.compile(model)(*inputs, **kwargs), *targets).backward()` on fake
-    tensors, calling `partition` on every joint graph; `key_of()` names the graph being
-    compiled (`fxopt.hook.graph_key`)."""
+    tensors, calling `partition(gm, joint_inputs, key=..., **kwargs)` on every joint graph with
+    its key (from `key_of()`, the frame being compiled: `fxopt.hook.graph_key`)."""
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     if not any(p.requires_grad for p in model.parameters()):
@@ -178,7 +201,7 @@ def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any]
                          "pass to plan")
     loss_of = loss_fn or default_loss
     mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
-    backend = CaptureBackend(partition, key_of)
+    backend = CaptureBackend(partition, key_of, pass_key=True)
     fake = functools.partial(fake_input, mode=mode, device=device)
     args = [fake(x) for x in inputs]
     kw = {k: fake(v) for k, v in kwargs.items()}
@@ -194,7 +217,8 @@ def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any]
                 loss.backward()
     finally:
         dynamo_reset()
-    return Captured(backend.graphs, {k: r.most for k, r in backend.in_flight.items()})
+    order = tuple(backend.order) if backend.most == len(backend.order) else None
+    return Captured(backend.graphs, {k: r.most for k, r in backend.in_flight.items()}, order)
 
 
 @contextlib.contextmanager

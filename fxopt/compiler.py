@@ -13,7 +13,7 @@ import torch.fx as fx
 from fxopt.compat import autograd_cache_off, compile_fx, inductor_compile_inner
 from fxopt.config import Options
 from fxopt.kernel_order import keeping_kernel_order
-from fxopt.runs import watch_run
+from fxopt.runs import distinct_key, signature, watch_run
 from fxopt.step import Step
 
 CompiledFn = Callable[..., Any]
@@ -88,7 +88,10 @@ class StepGraph:
         from fxopt.hook import graph_key
         from fxopt.partition import copy_graph
 
-        self.key = graph_key()
+        # NOTE [Graphs of one frame] (fxopt/runs.py): another graph of a frame whose graph is
+        # in flight is a graph of its own in the step, not a replacement
+        shapes = signature(example_inputs)
+        self.key = distinct_key(graph_key(), lambda k: step.other_graph(k, shapes))
         step.note_graph(self.key)
         self.options, self.step, self._kwargs = options, step, compile_kwargs
         self._source = None if _symbolic(gm) else copy_graph(gm)
@@ -136,14 +139,20 @@ class StepGraph:
                 if runs.backwards:  # runs dropped unused (a shape probe) say nothing
                     self._saw(wave)
                 runs.backwards = 0
+            if self.step.in_flight:
+                return
             meter = self.step.meter
-            if not self.step.in_flight and meter is not None:
+            if meter is not None:
                 self.step.meter = None
                 meter.stop()
+            if stale := self.step.step_done():
+                log.info("fxopt: re-planning %s for the order the step runs its graphs in "
+                         "(NOTE [The step's runs])", ", ".join(stale))
 
         if not watch_run(out, finish):
             return False
         self._trains = True
+        self.step.started_run(self.key)
         runs.in_flight += 1
         self.step.in_flight += 1
         runs.wave = max(runs.wave, runs.in_flight)

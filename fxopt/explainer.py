@@ -46,9 +46,8 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
         found[key] = dataclasses.replace(report, source="explain")
         return fwd, bwd
 
-    def partition(gm: fx.GraphModule, joint_inputs: Any, **kw: Any
+    def partition(gm: fx.GraphModule, joint_inputs: Any, *, key: str, **kw: Any
                   ) -> tuple[fx.GraphModule, fx.GraphModule]:
-        key = graph_key()
         joints[key] = (gm, joint_inputs, kw)
         return plan(key)
 
@@ -66,16 +65,21 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
     for key, most in captured.in_flight.items():
         if most > step.copies(key) and key in joints:
             step.saw_copies(key, most)
+    if captured.order is not None:  # NOTE [The step's runs] in fxopt/step.py
+        step.saw_order(captured.order)
     # NOTE [Step budgets]: graphs that a later one left too little room are planned again,
     # as the backend recompiles them at their next call.
     for _ in range(MAX_REPLANS):
         for key in step.stale_keys():
             plan(key)
-    if (refused := step.infeasible_error()) is not None:
+    # a size no plan meets: refused by a graph with no other left to make room, or by the
+    # step once its plans have settled above it
+    if (refused := step.infeasible_error() or step.over_budget_error()) is not None:
         raise refused
     reports = tuple(dataclasses.replace(r, index=i) for i, r in enumerate(found.values()))
     result = StepReport(reports, count, time.perf_counter() - t0,
                         copies=tuple(step.copies(k) for k in found),
+                        order=step.run_order(list(found)),
                         reserved_bytes=opts.reserved)
     if not result.graphs:
         raise RuntimeError(f"Dynamo built {count} graph(s) for this step but none needs a "

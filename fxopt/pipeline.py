@@ -169,15 +169,16 @@ def coupled_peak(use: GraphUse, coupling: Coupling) -> int:
 def _with_coupling(built: BuiltProblem, coupling: Coupling,
                    saved_inputs: SavedInputs = SavedInputs()) -> BuiltProblem:
     """The Problem with the later graphs' need as fixed memory at its last forward step, their
-    gradients on every backward step, and its own other runs in flight (NOTE [Copies in
+    gradients on every backward step, its inputs from the run before on every forward step
+    (NOTE [The step's runs] in fxopt/step.py), and its own other runs in flight (NOTE [Copies in
     flight]): what they hold of its candidates is the Problem's to decide, the graph inputs
     they keep for their backward (`saved_inputs`) is fixed memory on every step."""
     others = coupling.copies - 1
-    if not (coupling.later_need or coupling.grads_after or others):
+    if not (coupling.later_need or coupling.grads_after or coupling.inputs or others):
         return built
     problem = built.problem
     fixed = [f + others * saved_inputs.held_bytes
-             + (coupling.grads_after if s >= problem.num_fwd_steps else 0)
+             + (coupling.grads_after if s >= problem.num_fwd_steps else coupling.inputs)
              for s, f in enumerate(problem.fixed_bytes)]
     fixed[problem.num_fwd_steps - 1] += coupling.later_need
     return dataclasses.replace(built, problem=dataclasses.replace(
@@ -411,11 +412,15 @@ def planned_use(timeline: Timeline, fwd: fx.GraphModule, bwd: fx.GraphModule,
 def _step_error(err: InfeasibleBudgetError, share: Share) -> InfeasibleBudgetError:
     """The error for the whole step: what the other graphs hold is added back."""
     c = share.coupling
-    if share.step_budget_bytes is None or not (c.held_before or c.later_need or c.grads_after):
+    if share.step_budget_bytes is None or not (c.held_before or c.later_need or c.grads_after
+                                                or c.inputs):
         return err
     around = []
     if c.held_before:
         around.append(f"beside {format_bytes(c.held_before)} that the graphs before it hold")
+    if c.inputs:
+        around.append(f"with its {format_bytes(c.inputs)} of inputs from the graph before it "
+                      "alive during its forward")
     if c.later_need:
         around.append(f"with {format_bytes(c.later_need)} more that the graphs after it need "
                       "while it holds its saved tensors")
@@ -468,7 +473,7 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
         cand = _solve_and_apply(solving, budget, strict=strict, baseline_peak=baseline.peak_bytes)
     except Refusal as err:
         # NOTE [Best-effort budgets]: a fraction (or no budget) never stops a run. An absolute
-        # budget that earlier graphs of the step can still make room for is met from the next
+        # budget that other graphs of the step can still make room for is met from the next
         # step on (NOTE [Step budgets]); one that nothing can make room for is refused by the
         # caller, which knows the step, with the lowest plan as the evidence (NOTE [The lowest
         # plan]): the peak the error names is the peak of the plan used.
@@ -482,7 +487,7 @@ def plan_joint(gm: fx.GraphModule, options: Options, *, num_fwd_outputs: int,
             what = (f"{what}, less the {format_bytes(mine.coupling.held_before)} that the "
                     "earlier graphs of the step hold,")
         then = (" (a size as budget makes this an error)" if not strict else "" if refused else
-                "; the earlier graphs are re-planned to make room from the next step on")
+                "; the other graphs are re-planned to make room from the next step on")
         cand = dataclasses.replace(cand, plan=cand.plan.with_(warnings=cand.plan.warnings + (
             f"{what} leaves this graph {format_bytes(max(asked, 0))}, below the smallest peak "
             f"fxopt reaches for it; planned for that, {format_bytes(cand.peak)}{then}",)))

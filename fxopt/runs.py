@@ -14,7 +14,7 @@ real runs (`fxopt.compiler.StepGraph`); `fxopt.explain` the runs of its fake ste
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -63,6 +63,32 @@ def watch_run(out: Any, finish: Callable[[bool], None]) -> bool:
     return True
 
 
+# NOTE [Graphs of one frame]
+# Dynamo compiles a frame again when its guards fail. Usually the new graph replaces the old one
+# for the steps that follow (a new batch size), and it takes the old one's place in the step;
+# blocks that share one graph may be compiled again for a guard on the block (same shapes),
+# and they stay one graph of the step that runs several times. But one function called twice
+# in one step with other shapes is two graphs of the step, both holding saved tensors
+# (neuraloperator's FNO runs its lifting and its projection channel MLP through one function:
+# 3 -> 8 and 8 -> 1 channels). So a frame compiled again while a run of its graph is in flight
+# (its backward not run yet) for inputs of other shapes joins the step under a key of its own.
+def signature(example_inputs: Sequence[Any]) -> tuple:
+    """The shapes and dtypes of a graph's tensor inputs."""
+    return tuple((tuple(x.shape), x.dtype) if isinstance(x, torch.Tensor) else None
+                 for x in example_inputs)
+
+
+def distinct_key(base: str, other_graph: Callable[[str], bool]) -> str:
+    """The key of a graph compiled for frame key `base`: the first of `base`, `base/1`,
+    `base/2`, ... that is not another graph of the step in flight (`other_graph`; NOTE
+    [Graphs of one frame])."""
+    key, n = base, 0
+    while other_graph(key):
+        n += 1
+        key = f"{base}/{n}"
+    return key
+
+
 class InFlight:
     """The most runs of one graph in flight at once (NOTE [Counting runs])."""
 
@@ -70,10 +96,13 @@ class InFlight:
         self.now = 0
         self.most = 0
 
-    def started(self, out: Any) -> None:
-        if watch_run(out, self._finished):
-            self.now += 1
-            self.most = max(self.most, self.now)
+    def started(self, out: Any) -> bool:
+        """Counts the run whose outputs are `out` (False: it has no backward)."""
+        if not watch_run(out, self._finished):
+            return False
+        self.now += 1
+        self.most = max(self.most, self.now)
+        return True
 
     def _finished(self, backward: bool) -> None:
         self.now -= 1

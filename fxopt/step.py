@@ -74,6 +74,7 @@ class Coupling:
     later_need: int = 0  # what the graphs after it add on top of its forward/backward boundary
     grads_after: int = 0  # gradients the graphs after it returned, alive during its backward
     copies: int = 1  # its own runs in flight at once (the others hold its saved tensors)
+    inputs: int = 0  # its inputs, the previous run's outputs, live during its forward
 
 
 @dataclass(frozen=True)
@@ -93,26 +94,94 @@ class GraphUse:
         return max(self.fwd_peak_bytes, self.bwd_peak_bytes)
 
 
-def step_peak(uses: Sequence[GraphUse]) -> int:
-    """The predicted peak of a step whose graphs run in this order (NOTE [Step budgets])."""
-    return max((c.held_before + own_peak(u, c) for u, c in zip(uses, couplings(uses))),
-               default=0)
+# NOTE [The step's runs]
+# The step runs its training graphs' forwards in an order (`runs`: indices into the graphs'
+# uses, one per run) and their backwards in reverse. Blocks that share one compiled graph
+# interleave with the others (neuraloperator's FNO: lifting, then per layer its 5 graphs,
+# then the projection), so the step counts runs, not graphs, once it has seen the order;
+# before that, each graph's `copies` runs follow each other in compile order. While run t
+# runs, the runs before it hold their saved tensors (H_t), and the gradients the runs after
+# it returned (G_t) are alive during its backward. A graph's own peaks leave out its inputs:
+# the previous run's outputs (its boundary less its saved bytes) are live during run t's
+# forward (I_t), and after that they are saved tensors of run t or freed, not carried to the
+# end of the step. The step's peak is the largest over runs of
+# H_t + max(I_t + forward peak, boundary, backward peak + G_t).
+def runs_of(uses: Sequence[GraphUse], order: Sequence[int] | None = None) -> list[int]:
+    """The step's training runs in forward order, as indices into `uses` (NOTE [The step's
+    runs]): `order` as the step ran them, or each graph's `copies` in turn; a graph absent from
+    `order` (one more graph after the last, the memory outside the graphs) runs after it."""
+    runs = list(order) if order is not None else []
+    seen = set(runs)
+    runs += [i for i, u in enumerate(uses) if i not in seen for _ in range(u.copies)]
+    return runs
 
 
-def couplings(uses: Sequence[GraphUse]) -> list[Coupling]:
-    """The coupling of every graph of a step from what each graph holds."""
-    grads_after = [sum(u.grad_bytes for u in uses[i + 1:]) for i in range(len(uses))]
+def _outputs(use: GraphUse) -> int:
+    """A run's outputs that are not also its saved tensors: the next run's inputs."""
+    return max(0, use.boundary_bytes - use.held_bytes)
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """Per run of the step (NOTE [The step's runs]): the saved bytes of the runs before it
+    (H), its inputs (I), and its own largest need on top of H."""
+
+    runs: list[int]
+    held: list[int]
+    inputs: list[int]
+    grads: list[int]  # the gradients of the runs after it
+    need: list[int]
+    bare: list[int]  # its need without its inputs
+
+
+def _run_terms(uses: Sequence[GraphUse], runs: list[int]) -> _Runs:
+    held, total = [], 0
+    for r in runs:
+        held.append(total)
+        total += uses[r].held_bytes
+    grads, total = [0] * len(runs), 0
+    for t in range(len(runs) - 1, -1, -1):
+        grads[t] = total
+        total += uses[runs[t]].grad_bytes
+    inputs = [_outputs(uses[runs[t - 1]]) if t else 0 for t in range(len(runs))]
+    bare = [max(uses[r].fwd_peak_bytes, uses[r].boundary_bytes, uses[r].bwd_peak_bytes + g)
+            for r, g in zip(runs, grads)]
+    need = [max(i + uses[r].fwd_peak_bytes, b) for r, i, b in zip(runs, inputs, bare)]
+    return _Runs(runs, held, inputs, grads, need, bare)
+
+
+def step_peak(uses: Sequence[GraphUse], order: Sequence[int] | None = None) -> int:
+    """The predicted peak of a step of these graphs (NOTE [The step's runs])."""
+    terms = _run_terms(uses, runs_of(uses, order))
+    return max((h + n for h, n in zip(terms.held, terms.need)), default=0)
+
+
+def couplings(uses: Sequence[GraphUse], order: Sequence[int] | None = None) -> list[Coupling]:
+    """The coupling of every graph of a step, such that `held_before + own_peak(use,
+    coupling)` bounds the need of every run that its plan bears on (NOTE [The step's runs]):
+    its own runs, and the runs after its first, during which it holds saved tensors. Its
+    saved bytes are the Problem's to decide; the rest is fixed: the other graphs' saved bytes
+    before its last run (`held_before`), its other runs' saved bytes (`copies - 1` of them),
+    its inputs during its forwards, and on top of its boundary what the later runs need.
+    Safe: the later runs are charged with its whole boundary, not only its saved bytes, and
+    where other graphs' runs come between its own, with all its other runs' saved bytes."""
+    terms = _run_terms(uses, runs := runs_of(uses, order))
     out = []
-    for i in range(len(uses)):
-        held_before = sum(u.copies * u.held_bytes for u in uses[:i])
-        later, between = 0, 0
-        for m in range(i + 1, len(uses)):
-            u = uses[m]
-            others = (u.copies - 1) * u.held_bytes
-            later = max(later, between + others + u.fwd_peak_bytes,
-                        between + others + u.bwd_peak_bytes + grads_after[m])
-            between += u.copies * u.held_bytes
-        out.append(Coupling(held_before, later, grads_after[i], uses[i].copies))
+    for i, u in enumerate(uses):
+        mine = [t for t, r in enumerate(runs) if r == i]
+        # saved bytes of the other graphs' runs before run t
+        other = [terms.held[t] - u.held_bytes * sum(1 for m in mine if m < t)
+                 for t in range(len(runs))]
+        base = other[mine[-1]]
+        inputs = max(terms.inputs[t] + other[t] for t in mine) - base
+        grads_after = max(terms.grads[t] + other[t] for t in mine) - base
+        # charged on top of its whole boundary: the part of it that is not saved (its
+        # outputs) differs between its plans, so it is not taken off
+        # (a run right after one of its own gets its outputs, which its boundary counts)
+        later = max((other[t] + (terms.bare[t] if runs[t - 1] == i else terms.need[t])
+                     for t in range(mine[0] + 1, len(runs)) if runs[t] != i), default=base)
+        out.append(Coupling(base, max(0, later - base), max(0, grads_after), len(mine),
+                            max(0, inputs)))
     return out
 
 
@@ -120,7 +189,7 @@ def own_peak(use: GraphUse, coupling: Coupling) -> int:
     """A graph's peak with what the graphs after it add (those before it: `held_before`)
     and what its other runs in flight hold."""
     return (use.copies - 1) * use.held_bytes + max(
-        use.fwd_peak_bytes, use.bwd_peak_bytes + coupling.grads_after,
+        use.fwd_peak_bytes + coupling.inputs, use.bwd_peak_bytes + coupling.grads_after,
         use.boundary_bytes + coupling.later_need)
 
 
@@ -143,7 +212,7 @@ class Share:
     strict: bool  # the user gave a size: more than TOLERANCE above it is an error
     coupling: Coupling
     step_budget_bytes: int | None  # the budget of the whole step; None: no budget
-    room_elsewhere: bool = False  # an earlier graph could still be re-planned to leave more
+    room_elsewhere: bool = False  # another graph could still be re-planned to leave more
 
 
 @dataclass
@@ -199,6 +268,13 @@ class Step:
         self.in_flight = 0  # runs of its graphs whose backward has not run yet
         self.agreement: Agreement | None = None  # set where ranks must plan alike
         self._runs: dict[str, Runs] = {}
+        # NOTE [The step's runs]: the training runs of the last step, forward order, once seen
+        self._run_order: list[str] | None = None
+        self._wave: list[str] = []  # the runs of the step in progress
+        self._signatures: dict[str, Any] = {}  # each graph's input shapes, by key
+        self._compiles_before = 0  # `compiles` when the step in progress began
+        self._quiet = False  # the last step compiled nothing
+        self._wave_most = 0  # the most runs of it in flight at once
         self.compiles = 0  # graphs planned so far: a step that compiles is not measured
 
     def __len__(self) -> int:
@@ -215,6 +291,15 @@ class Step:
 
     def keys(self) -> list[str]:
         return [e.key for e in self._entries]
+
+    def _live(self) -> list[_Entry]:
+        """The graphs of the step: once its runs are seen, those that ran (a graph that Dynamo
+        compiled again for other shapes, and whose new graph now runs in its place, is gone
+        from the step; NOTE [Graphs of one frame] in fxopt/runs.py)."""
+        if self._run_order is None:
+            return list(self._entries)
+        ran = set(self._run_order)
+        return [e for e in self._entries if e.key in ran]
 
     def _entry(self, key: str) -> _Entry:
         for e in self._entries:
@@ -238,12 +323,28 @@ class Step:
         forward peak sits on top of every graph's saved tensors, where an eager loss runs)."""
         return [GraphUse(0, self.unplanned_bytes, 0, 0)] if self.unplanned_bytes > 0 else []
 
+    def _indexed(self, entries: Sequence[_Entry]) -> list[int] | None:
+        """The step's runs as indices into `entries` (NOTE [The step's runs]; None: not seen
+        yet). Runs of graphs not among them are left out."""
+        if self._run_order is None:
+            return None
+        where = {e.key: i for i, e in enumerate(entries)}
+        return [where[k] for k in self._run_order if k in where]
+
     def _coupling(self, key: str, own: GraphUse) -> Coupling:
         """Graph `key`'s coupling to the planned graphs around it (its own use: `own`)."""
-        order = [e for e in self._entries if e.use is not None or e.key == key]
+        order = [e for e in self._entries if (e.use is not None and e in self._live())
+                 or e.key == key]
         uses = [own if e.key == key else e.use for e in order]
         mine = [u for u in uses if u is not None] + self._tail()
-        return couplings(mine)[[e.key for e in order].index(key)]
+        return couplings(mine, self._indexed(order))[[e.key for e in order].index(key)]
+
+    def _planned(self) -> tuple[list[_Entry], list[GraphUse], list[int] | None]:
+        """The planned graphs, their uses with the memory outside the graphs as one more after
+        the last (`_tail`), and the step's runs among them."""
+        planned = [e for e in self._live() if e.use is not None]
+        uses = [e.use for e in planned if e.use is not None] + self._tail()
+        return planned, uses, self._indexed(planned)
 
     def share(self, key: str, keep: GraphUse, default: GraphUse | None) -> Share:
         """The budget graph `key` is planned against, given what it holds keeping everything
@@ -297,10 +398,9 @@ class Step:
                 return e.default is not None and own_peak(u, c) > own_peak(e.default, c)
             return c.held_before + own_peak(u, c) > step_budget
 
-        planned = [e for e in self._entries if e.use is not None]
-        uses = [e.use for e in planned if e.use is not None] + self._tail()
+        planned, uses, order = self._planned()
         stale = []
-        for e, u, c in zip(planned, uses, couplings(uses)):
+        for e, u, c in zip(planned, uses, couplings(uses, order)):
             if e.key == skip or e.replans >= MAX_REPLANS or c == e.planned_with:
                 continue
             if unfit(e, u, c):
@@ -312,8 +412,15 @@ class Step:
     def refuse(self, key: str, error: Any) -> Any:
         """Graph `key` (already recorded with its lowest plan) cannot meet the size the user
         gave; returns the error for the step, which names the step's predicted peak with the
-        lowest plans found: a budget that asks for it gets a plan."""
+        lowest plans found: a budget that asks for it gets a plan. None where the step's
+        own prediction holds the size after all: the graph's Problem bounds the runs around it
+        on the safe side (NOTE [The step's runs]), the step counts them exactly."""
         with self._lock:
+            budget = self.options.budget
+            if budget is not None and budget.nbytes is not None and len(self._entries) > 1 \
+                    and self._predicted() <= budget.nbytes * (1 + TOLERANCE) \
+                    - self.options.resident:
+                return None
             self.refused[key] = error
             return self._infeasible(error)
 
@@ -337,14 +444,13 @@ class Step:
                 peak = max(peak, measured)
             elif peak <= limit:
                 return None
-            keeps = [e.keep for e in self._entries if e.keep is not None]
             outside = (f", with the {self.unplanned_bytes} B measured outside the compiled "
                        "graphs" if self.unplanned_bytes else "")
             # keeping everything, with what was measured outside the graphs on top
-            keep = step_peak(keeps) + self.unplanned_bytes + self.options.reserved
+            keep = self._keep_peak() + self.unplanned_bytes + self.options.reserved
             return InfeasibleBudgetError(
                 budget.nbytes, peak + resident, False, max(keep, peak) + resident, {},
-                context=f"for the training step of {len(self._entries)} graphs, each re-planned "
+                context=f"for the training step of {len(self._live())} graphs, each re-planned "
                         f"as low as it goes beside the others{outside}{self._held_text()}")
 
     def infeasible_error(self) -> Any:
@@ -361,7 +467,6 @@ class Step:
         held = self.options.resident + self.options.reserved
         if len(planned) <= 1 and not self.unplanned_bytes and not held:
             return error  # the step is this one graph, as far as it is known
-        keeps = [e.keep for e in self._entries if e.keep is not None]
         resident = self.options.resident
         peak = self._predicted() + resident
         # the graph's options that would lower its peak, as peaks of the step
@@ -369,7 +474,7 @@ class Step:
         better = {k: v + shift for k, v in error.alternatives.items()}
         return InfeasibleBudgetError(
             (self._step_budget() or 0) + resident, peak, False,
-            step_peak(keeps) + self.options.reserved + resident, better,
+            self._keep_peak() + self.options.reserved + resident, better,
             context=f"for the training step of {len(planned)} graph(s), each planned as low as "
                     f"it goes beside the others{self._held_text()}",
             limit=getattr(error, "limit", None), restricted=getattr(error, "restricted", False))
@@ -390,12 +495,12 @@ class Step:
 
     def ordered_reports(self) -> list[Any]:
         with self._lock:
-            return [self.reports[e.key] for e in self._entries if e.key in self.reports]
+            return [self.reports[e.key] for e in self._live() if e.key in self.reports]
 
     def ordered_copies(self) -> list[int]:
         """Runs in flight of each graph of `ordered_reports`."""
         with self._lock:
-            return [self._copies(e.key) for e in self._entries if e.key in self.reports]
+            return [self._copies(e.key) for e in self._live() if e.key in self.reports]
 
     def cannot_measure(self, reason: str) -> None:
         with self._lock:
@@ -419,18 +524,22 @@ class Step:
             return self._order[0] if self._order else None
 
     def measure_due(self) -> bool:
-        """Whether the next step is measured: under a budget, once the plans have settled, at
-        most twice (the second time after a re-plan for what the first one found)."""
+        """Whether the next step is measured: under a budget, once the plans have settled and
+        a step ran without compiling, at most twice (the second time after a re-plan for what
+        the first one found)."""
         with self._lock:
-            settled = not self._stale and all(e.use is not None for e in self._entries)
+            # a graph compiled during the last step ran its first run there, or runs it now:
+            # that run loads kernels and fills the runtime's buffers, not measured
+            settled = not self._stale and all(e.use is not None for e in self._entries) \
+                and self._quiet
             wanted = self.measurements == 0 or (self.measurements == 1
                                                 and self.unplanned_bytes > 0)
             return self.options.budget is not None and settled and bool(wanted)
 
     def _predicted(self) -> int:
         """The step's predicted peak, with the memory reserved outside the graphs."""
-        uses = [e.use for e in self._entries if e.use is not None] + self._tail()
-        return step_peak(uses) + self.options.reserved
+        _, uses, order = self._planned()
+        return step_peak(uses, order) + self.options.reserved
 
     def measured(self, peak: int) -> list[str]:
         """Takes the measured peak of one step; under a size as budget, the first excess over
@@ -459,9 +568,10 @@ class Step:
         every graph's saved ones): `peak` less the step's predicted live bytes at that point.
         The excess over the predicted peak would be too little where the prediction peaks
         elsewhere, in a backward."""
-        uses = [e.use for e in self._entries if e.use is not None]
+        planned = [e for e in self._live() if e.use is not None]
+        uses = [e.use for e in planned if e.use is not None]
         # with `peak` outside, the point after the forwards dominates: its bytes are the rest
-        at_turn = step_peak([*uses, GraphUse(0, peak, 0, 0)]) - peak
+        at_turn = step_peak([*uses, GraphUse(0, peak, 0, 0)], self._indexed(planned)) - peak
         return max(0, peak - self.options.reserved - at_turn)
 
     def _step_budget(self) -> int | None:
@@ -470,8 +580,12 @@ class Step:
             return None
         if budget.nbytes is not None:  # what the step may add to what is held before it
             return budget.nbytes - self.options.resident
-        keeps = [e.keep for e in self._entries if e.keep is not None]
-        return budget.resolve(step_peak(keeps) + self.options.reserved)
+        return budget.resolve(self._keep_peak() + self.options.reserved)
+
+    def _keep_peak(self) -> int:
+        """The step's predicted peak with every graph keeping everything."""
+        kept = [e for e in self._live() if e.keep is not None]
+        return step_peak([e.keep for e in kept if e.keep is not None], self._indexed(kept))
 
     def _graphs_budget(self) -> int | None:
         """What the compiled graphs may use: the step's budget less `Options.reserved`."""
@@ -487,6 +601,62 @@ class Step:
     def runs(self, key: str) -> Runs:
         with self._lock:
             return self._runs.setdefault(key, Runs())
+
+    def started_run(self, key: str) -> None:
+        """A run of training graph `key` began its forward (NOTE [The step's runs])."""
+        with self._lock:
+            if not self.in_flight:  # the first run of a step
+                self._wave, self._wave_most = [], 0
+                self._compiles_before = self.compiles
+            self._wave.append(key)
+            self._wave_most = max(self._wave_most, self.in_flight + 1)
+
+    def step_done(self) -> list[str]:
+        """The step's last backward ran: its runs are the step's order from now on where every
+        forward ran before the first backward (a pipeline's schedule may interleave them: those
+        keep counting copies). Returns the graphs that no longer fit the budget beside it."""
+        with self._lock:
+            wave, self._wave = self._wave, []
+            self._quiet = self.compiles == self._compiles_before
+            known = {e.key for e in self._entries}
+            if self._wave_most != len(wave) or wave == self._run_order \
+                    or not set(wave) <= known:
+                return []
+            assumed = self._run_order or [e.key for e in self._entries
+                                          for _ in range(self._copies(e.key))]
+            self._run_order = wave
+            if wave == assumed:
+                return []
+            for e in self._entries:
+                e.planned_with = None  # re-checked whatever their coupling
+            return self._mark_unfit(skip=None)
+
+    def saw_order(self, keys: Sequence[str]) -> list[str]:
+        """The runs of one step, every forward before the first backward (`fxopt.explain`'s
+        fake step); as `step_done`."""
+        with self._lock:
+            self._wave, self._wave_most = list(keys), len(keys)
+        return self.step_done()
+
+    def run_order(self, keys: Sequence[str]) -> tuple[int, ...] | None:
+        """The step's runs as indices into `keys` (None: not seen yet)."""
+        with self._lock:
+            if self._run_order is None:
+                return None
+            where = {k: i for i, k in enumerate(keys)}
+            return tuple(where[k] for k in self._run_order if k in where)
+
+    def other_graph(self, key: str, signature: Any) -> bool:
+        """Whether a graph compiled for inputs of `signature` is another graph than `key`'s
+        run in flight, and not its replacement (NOTE [Graphs of one frame] in
+        fxopt/runs.py). Records the signature of `key`'s graph otherwise."""
+        with self._lock:
+            runs = self._runs.get(key)
+            known = self._signatures.setdefault(key, signature)
+            if runs is None or runs.in_flight == 0 or known == signature:
+                self._signatures[key] = signature
+                return False
+            return True
 
     def copies(self, key: str) -> int:
         with self._lock:
@@ -535,13 +705,11 @@ class Step:
             return key in self._stale
 
     def _can_make_room(self, key: str) -> bool:
-        """Whether an earlier graph could still be re-planned to leave `key` more room."""
-        for e in self._entries:
-            if e.key == key:
-                return False
-            if e.use is not None and e.use.held_bytes > 0 and e.replans < MAX_REPLANS:
-                return True
-        return False
+        """Whether another graph could still be re-planned to leave `key` more room: one
+        before it holds saved tensors while it runs, and one after it needs room while it
+        holds its own (NOTE [The step's runs])."""
+        return any(e.key != key and e.use is not None and e.use.held_bytes > 0
+                   and e.replans < MAX_REPLANS for e in self._entries)
 
     def peak_bytes(self) -> int:
         """The predicted step peak of the graphs as planned so far (with the measured memory

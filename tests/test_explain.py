@@ -202,7 +202,9 @@ def test_explain_hugging_face_output_with_loss():
     idx = torch.zeros(2, 16, dtype=torch.long, device="meta")
     step = fxopt.explain(model, kwargs={"input_ids": idx, "labels": idx}, budget=0.5)
     assert len(step) >= 1 and not step.fallbacks
-    assert all(r.strategy == "fxopt plan" for r in step)
+    # fxopt's plan, or PyTorch's partition where that peaks lower beside the other graphs
+    assert all(r.strategy == "fxopt plan" or r.status == "DEFAULT_LOWER" for r in step)
+    assert step[0].strategy == "fxopt plan"
 
 
 def test_backward_reads_sizes_not_tensors_kept_for_them():

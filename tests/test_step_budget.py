@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import torch.nn as nn
 import fxopt
 from fxopt.config import Options
 from fxopt.solver import InfeasibleBudgetError
-from fxopt.step import Coupling, GraphUse, Step, couplings, step_peak
+from fxopt.step import Coupling, GraphUse, Step, couplings, own_peak, step_peak
 from tests import zoo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,14 +38,42 @@ def test_couplings_by_hand():
     ca, cb, cc = couplings([a, b, c])
     # b runs beside a's 10 held bytes; c beside a's and b's 15
     assert (ca.held_before, cb.held_before, cc.held_before) == (0, 10, 15)
-    # after a: b's forward 8, b's backward 6 + c's 1 of gradients, b's 5 held + c's peaks
-    assert ca.later_need == max(8, 6 + 1, 5 + 9, 5 + 20)
-    assert cb.later_need == max(9, 20) and cc.later_need == 0
+    # a run's inputs are the previous run's outputs (boundary less saved bytes): 1 and 2
+    assert (ca.inputs, cb.inputs, cc.inputs) == (0, 11 - 10, 7 - 5)
+    # on top of a's boundary (with b's input): b's forward 8, b's 5 held + c's backward 20
+    assert ca.later_need == max(8, 5 + 20)
+    assert cb.later_need == 20 and cc.later_need == 0
     assert (ca.grads_after, cb.grads_after, cc.grads_after) == (3, 1, 0)
-    # the step peak: the worst graph, with what the others hold around it
-    assert step_peak([a, b, c]) == max(0 + max(12, 14 + 3, 11 + 25),
-                                       10 + max(8, 6 + 1, 7 + 20),
-                                       15 + max(9, 20, 6))
+    # the step peak: the worst run, with what the runs before it hold
+    peak = step_peak([a, b, c])
+    assert peak == max(0 + max(12, 11, 14 + 3), 10 + max(1 + 8, 7, 6 + 1),
+                       15 + max(2 + 9, 6, 20))
+    # each graph's bound holds it; a's and b's charge c's backward with their outputs too
+    bounds = [cp.held_before + own_peak(u, cp) for u, cp in zip((a, b, c), (ca, cb, cc))]
+    assert bounds == [peak + 1, peak + 2, peak]
+
+
+def test_interleaved_runs_by_hand():
+    """NOTE [The step's runs]: a graph run twice with another between (blocks sharing one
+    compiled graph) holds one run's saved bytes while the other graph runs, not both."""
+    a, b = use(10, 12, 14, 11), use(5, 8, 6, 7)
+    ab = [dataclasses.replace(a, copies=2), dataclasses.replace(b, copies=2)]
+    interleaved = step_peak(ab, order=[0, 1, 0, 1])
+    # runs a b a b, inputs 0 1 2 1 (a's output is 1 byte, b's 2)
+    assert interleaved == max(0 + max(12, 11, 14), 10 + max(1 + 8, 7, 6),
+                              15 + max(2 + 12, 11, 14), 25 + max(1 + 8, 7, 6))
+    # in compile order (a a b b) b's first run would come after both of a's
+    assert step_peak(ab) == max(0 + 14, 10 + max(1 + 12, 11, 14), 20 + max(1 + 8, 7, 6),
+                                25 + max(2 + 8, 7, 6)) > interleaved
+    ca, cb = couplings(ab, order=[0, 1, 0, 1])
+    assert (ca.copies, cb.copies) == (2, 2) and (ca.inputs, cb.inputs) == (2, 1)
+    assert ca.held_before == 5 and cb.held_before == 20
+    # a's bound: its second run beside b's first (5 + 10 + 2 + 12 = 29) or, on top of its
+    # boundary (with b's input), b's second run (5 + 10 + 11 + 8)
+    assert ca.held_before + own_peak(ab[0], ca) == interleaved
+    # b's: its last run (20 + 5 + 1 + 8 = 34) or a's second run on b's boundary (20 + 5 + 7 + 4)
+    assert cb.held_before + own_peak(ab[1], cb) == 36
+    assert interleaved == 34
 
 
 def test_a_later_graph_that_does_not_fit_re_plans_the_earlier_one():
@@ -78,7 +107,9 @@ def test_measured_excess_counts_once_as_memory_after_the_last_forward():
     step = Step(Options(budget=100))
     step.share("g0", use(40, 60, 60, 50), None)
     step.record("g0", use(40, 60, 60, 50), Coupling())
-    assert step.measure_due()
+    assert not step.measure_due()  # the step that compiled g0 ran its first run
+    step.started_run("g0")
+    assert step.step_done() == [] and step.measure_due()  # a step without compiling
     assert step.measured(95) == []  # within the budget: nothing to do
     step = Step(Options(budget=100))
     step.share("g0", use(40, 60, 60, 50), None)
@@ -264,6 +295,8 @@ def test_a_step_measured_over_a_size_with_nothing_left_to_replan_is_refused():
     assert step.measured(120) == ["g0"] and step.over_budget_error() is None  # re-plan first
     again = step.share("g0", use(40, 60, 60, 50), None)
     step.record("g0", use(30, 45, 45, 35), again.coupling)  # as low as it goes
+    step.started_run("g0")
+    step.step_done()  # a step without compiling
     assert step.measure_due()  # once more, after the re-plan for what the first one found
     assert step.measured(102) == [] and step.over_budget_error() is None  # within 5%
     step.measured(110)

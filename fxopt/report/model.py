@@ -219,6 +219,9 @@ class StepReport:
     note: str = ""  # why the step was not measured, or where the unplanned memory comes from
     copies: tuple[int, ...] = ()  # runs of each graph in flight at once (NOTE [Step budgets])
     reserved_bytes: int = 0  # memory outside the graphs for the whole step (Options.reserved)
+    # the training runs in forward order, as indices into `graphs` (NOTE [The step's runs]);
+    # None: each graph's copies in turn
+    order: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -243,7 +246,7 @@ class StepReport:
         runs = [dataclasses.replace(u, copies=c) for u, c in zip(uses, copies)
                 if u is not None]
         tail = [GraphUse(0, self.unplanned_bytes, 0, 0)] if self.unplanned_bytes else []
-        return step_peak(runs + tail) + self.reserved_bytes
+        return step_peak(runs + tail, self.order) + self.reserved_bytes
 
     @property
     def peak_bytes(self) -> int | None:

@@ -40,7 +40,8 @@ def step_report(step: Step | None = None) -> StepReport:
     return StepReport(reports, len(reports), sum(r.seconds for r in reports),
                       measured_peak_bytes=step.measured_peak_bytes,
                       unplanned_bytes=step.unplanned_bytes, note=step.measure_note,
-                      copies=tuple(step.ordered_copies()), reserved_bytes=step.options.reserved)
+                      copies=tuple(step.ordered_copies()), reserved_bytes=step.options.reserved,
+                      order=step.run_order([r.step_key for r in reports]))
 
 
 def reports() -> tuple[Report, ...]:

@@ -76,11 +76,12 @@ def summary_items(report: Report) -> list[tuple[str, str]]:
               ("solver status", _status_text(report) if planned else NOT_PLANNED),
               ("budget", _budget_text(report))]
     c = report.coupling
-    if c is not None and (c.held_before or c.later_need or c.grads_after):
+    if c is not None and (c.held_before or c.later_need or c.grads_after or c.inputs):
         step = f"budget of the whole step {format_bytes(report.step_budget_bytes or 0)}" \
             if report.step_budget_bytes is not None else "no budget"
         items.append(("in the step", f"{step}; the graphs before it hold "
-                      f"{format_bytes(c.held_before)}, those after it need "
+                      f"{format_bytes(c.held_before)}, its inputs from the graph before "
+                      f"{format_bytes(c.inputs)} during its forward, those after it need "
                       f"{format_bytes(c.later_need)} at its forward/backward boundary and "
                       f"return {format_bytes(c.grads_after)} of gradients before its backward"))
     base = report.baseline_peak_bytes
