@@ -32,7 +32,7 @@ from fxopt.compat import (
     select_decomp_table,
     set_inductor_fake_mode,
 )
-from fxopt.runs import InFlight, distinct_key, signature
+from fxopt.runs import InFlight, distinct_key, is_other_graph, signature
 
 PartitionFn = Callable[..., tuple[fx.GraphModule, fx.GraphModule]]
 LossFn = Callable[..., torch.Tensor]  # loss_fn(output, *targets) -> scalar
@@ -152,14 +152,8 @@ class CaptureBackend:
         before = self.partitions
         shapes = signature(example_inputs)
 
-        def other_graph(k: str) -> bool:  # NOTE [Graphs of one frame] in fxopt/runs.py
-            known = self.signatures.setdefault(k, shapes)
-            if k not in self.in_flight or self.in_flight[k].now == 0 or known == shapes:
-                self.signatures[k] = shapes
-                return False
-            return True
-
-        self.key = distinct_key(self.key_of(), other_graph)
+        self.key = distinct_key(self.key_of(), lambda k: is_other_graph(
+            self.signatures, k, shapes, k in self.in_flight and self.in_flight[k].now > 0))
         # Inductor's joint-graph passes read the fake mode from its virtualized state.
         with set_inductor_fake_mode(detect_fake_mode(example_inputs)), autograd_cache_off():
             run = inner(gm, example_inputs)
@@ -183,7 +177,7 @@ class Captured:
     graphs: int  # how many graphs Dynamo built
     in_flight: dict[str, int]  # most runs of each training graph in flight, by graph key
     # the training runs in forward order, every forward before the first backward (NOTE [The
-    # step's runs] in fxopt/step.py); None where backwards came between
+    # step's runs] in fxopt/step_runs.py); None where backwards came between
     order: tuple[str, ...] | None = None
 
 

@@ -65,7 +65,7 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
     for key, most in captured.in_flight.items():
         if most > step.copies(key) and key in joints:
             step.saw_copies(key, most)
-    if captured.order is not None:  # NOTE [The step's runs] in fxopt/step.py
+    if captured.order is not None:  # NOTE [The step's runs] in fxopt/step_runs.py
         step.saw_order(captured.order)
     # NOTE [Step budgets]: graphs that a later one left too little room are planned again,
     # as the backend recompiles them at their next call.

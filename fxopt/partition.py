@@ -28,7 +28,8 @@ from fxopt.plan import Status
 from fxopt.report.model import Report, SavedTensor, Stage
 from fxopt.report.series import DEFAULT_SERIES
 from fxopt.solver import InfeasibleBudgetError, SearchTimeoutError
-from fxopt.step import Coupling, GraphUse, Step, own_peak
+from fxopt.step import Step
+from fxopt.step_runs import Coupling, GraphUse, own_peak
 from fxopt.tensor_meta import size_hint
 
 log = logging.getLogger("fxopt")

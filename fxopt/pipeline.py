@@ -40,7 +40,8 @@ from fxopt.solver import (
     simulate,
     solve,
 )
-from fxopt.step import TOLERANCE, Agreement, Coupling, GraphUse, Share, Step, own_peak
+from fxopt.step import TOLERANCE, Agreement, Share, Step
+from fxopt.step_runs import Coupling, GraphUse, own_peak
 from fxopt.tensor_meta import size_hint
 
 
@@ -170,9 +171,9 @@ def _with_coupling(built: BuiltProblem, coupling: Coupling,
                    saved_inputs: SavedInputs = SavedInputs()) -> BuiltProblem:
     """The Problem with the later graphs' need as fixed memory at its last forward step, their
     gradients on every backward step, its inputs from the run before on every forward step
-    (NOTE [The step's runs] in fxopt/step.py), and its own other runs in flight (NOTE [Copies in
-    flight]): what they hold of its candidates is the Problem's to decide, the graph inputs
-    they keep for their backward (`saved_inputs`) is fixed memory on every step."""
+    (NOTE [The step's runs] in fxopt/step_runs.py), and its own other runs in flight (NOTE
+    [Copies in flight]): what they hold of its candidates is the Problem's to decide, the graph
+    inputs they keep for their backward (`saved_inputs`) is fixed memory on every step."""
     others = coupling.copies - 1
     if not (coupling.later_need or coupling.grads_after or coupling.inputs or others):
         return built

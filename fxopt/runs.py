@@ -78,6 +78,18 @@ def signature(example_inputs: Sequence[Any]) -> tuple:
                  for x in example_inputs)
 
 
+def is_other_graph(signatures: dict[str, Any], key: str, shapes: tuple, running: bool
+                   ) -> bool:
+    """Whether a graph compiled for inputs of `shapes` is another graph than `key`'s, which
+    has a run in flight (`running`) for other shapes (NOTE [Graphs of one frame]); otherwise
+    it is `key`'s graph, and `signatures` records its shapes."""
+    known = signatures.setdefault(key, shapes)
+    if not running or known == shapes:
+        signatures[key] = shapes
+        return False
+    return True
+
+
 def distinct_key(base: str, other_graph: Callable[[str], bool]) -> str:
     """The key of a graph compiled for frame key `base`: the first of `base`, `base/1`,
     `base/2`, ... that is not another graph of the step in flight (`other_graph`; NOTE

@@ -61,136 +61,11 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from fxopt.config import Options
+from fxopt.runs import is_other_graph
+from fxopt.step_runs import Coupling, GraphUse, couplings, own_peak, step_peak
 
 MAX_REPLANS = 2
 TOLERANCE = 0.05  # how far a plan may simulate above a size the user gave
-
-
-@dataclass(frozen=True)
-class Coupling:
-    """How the rest of the step bears on one graph's plan (see NOTE [Step budgets])."""
-
-    held_before: int = 0  # saved bytes of the graphs before it, alive while it runs
-    later_need: int = 0  # what the graphs after it add on top of its forward/backward boundary
-    grads_after: int = 0  # gradients the graphs after it returned, alive during its backward
-    copies: int = 1  # its own runs in flight at once (the others hold its saved tensors)
-    inputs: int = 0  # its inputs, the previous run's outputs, live during its forward
-
-
-@dataclass(frozen=True)
-class GraphUse:
-    """What one planned graph holds, as the step sees it (its own peaks are above its
-    parameters and inputs)."""
-
-    held_bytes: int  # saved tensors on the device from its forward to its backward
-    fwd_peak_bytes: int  # its own peak during its forward
-    bwd_peak_bytes: int  # its own peak during its backward
-    boundary_bytes: int  # its own live bytes at its last forward step
-    grad_bytes: int = 0  # the gradients its backward returns, alive to the end of the step
-    copies: int = 1  # runs in flight at once: each holds `held_bytes` until its backward
-
-    @property
-    def peak_bytes(self) -> int:
-        return max(self.fwd_peak_bytes, self.bwd_peak_bytes)
-
-
-# NOTE [The step's runs]
-# The step runs its training graphs' forwards in an order (`runs`: indices into the graphs'
-# uses, one per run) and their backwards in reverse. Blocks that share one compiled graph
-# interleave with the others (neuraloperator's FNO: lifting, then per layer its 5 graphs,
-# then the projection), so the step counts runs, not graphs, once it has seen the order;
-# before that, each graph's `copies` runs follow each other in compile order. While run t
-# runs, the runs before it hold their saved tensors (H_t), and the gradients the runs after
-# it returned (G_t) are alive during its backward. A graph's own peaks leave out its inputs:
-# the previous run's outputs (its boundary less its saved bytes) are live during run t's
-# forward (I_t), and after that they are saved tensors of run t or freed, not carried to the
-# end of the step. The step's peak is the largest over runs of
-# H_t + max(I_t + forward peak, boundary, backward peak + G_t).
-def runs_of(uses: Sequence[GraphUse], order: Sequence[int] | None = None) -> list[int]:
-    """The step's training runs in forward order, as indices into `uses` (NOTE [The step's
-    runs]): `order` as the step ran them, or each graph's `copies` in turn; a graph absent from
-    `order` (one more graph after the last, the memory outside the graphs) runs after it."""
-    runs = list(order) if order is not None else []
-    seen = set(runs)
-    runs += [i for i, u in enumerate(uses) if i not in seen for _ in range(u.copies)]
-    return runs
-
-
-def _outputs(use: GraphUse) -> int:
-    """A run's outputs that are not also its saved tensors: the next run's inputs."""
-    return max(0, use.boundary_bytes - use.held_bytes)
-
-
-@dataclass(frozen=True)
-class _Runs:
-    """Per run of the step (NOTE [The step's runs]): the saved bytes of the runs before it
-    (H), its inputs (I), and its own largest need on top of H."""
-
-    runs: list[int]
-    held: list[int]
-    inputs: list[int]
-    grads: list[int]  # the gradients of the runs after it
-    need: list[int]
-    bare: list[int]  # its need without its inputs
-
-
-def _run_terms(uses: Sequence[GraphUse], runs: list[int]) -> _Runs:
-    held, total = [], 0
-    for r in runs:
-        held.append(total)
-        total += uses[r].held_bytes
-    grads, total = [0] * len(runs), 0
-    for t in range(len(runs) - 1, -1, -1):
-        grads[t] = total
-        total += uses[runs[t]].grad_bytes
-    inputs = [_outputs(uses[runs[t - 1]]) if t else 0 for t in range(len(runs))]
-    bare = [max(uses[r].fwd_peak_bytes, uses[r].boundary_bytes, uses[r].bwd_peak_bytes + g)
-            for r, g in zip(runs, grads)]
-    need = [max(i + uses[r].fwd_peak_bytes, b) for r, i, b in zip(runs, inputs, bare)]
-    return _Runs(runs, held, inputs, grads, need, bare)
-
-
-def step_peak(uses: Sequence[GraphUse], order: Sequence[int] | None = None) -> int:
-    """The predicted peak of a step of these graphs (NOTE [The step's runs])."""
-    terms = _run_terms(uses, runs_of(uses, order))
-    return max((h + n for h, n in zip(terms.held, terms.need)), default=0)
-
-
-def couplings(uses: Sequence[GraphUse], order: Sequence[int] | None = None) -> list[Coupling]:
-    """The coupling of every graph of a step, such that `held_before + own_peak(use,
-    coupling)` bounds the need of every run that its plan bears on (NOTE [The step's runs]):
-    its own runs, and the runs after its first, during which it holds saved tensors. Its
-    saved bytes are the Problem's to decide; the rest is fixed: the other graphs' saved bytes
-    before its last run (`held_before`), its other runs' saved bytes (`copies - 1` of them),
-    its inputs during its forwards, and on top of its boundary what the later runs need.
-    Safe: the later runs are charged with its whole boundary, not only its saved bytes, and
-    where other graphs' runs come between its own, with all its other runs' saved bytes."""
-    terms = _run_terms(uses, runs := runs_of(uses, order))
-    out = []
-    for i, u in enumerate(uses):
-        mine = [t for t, r in enumerate(runs) if r == i]
-        # saved bytes of the other graphs' runs before run t
-        other = [terms.held[t] - u.held_bytes * sum(1 for m in mine if m < t)
-                 for t in range(len(runs))]
-        base = other[mine[-1]]
-        inputs = max(terms.inputs[t] + other[t] for t in mine) - base
-        grads_after = max(terms.grads[t] + other[t] for t in mine) - base
-        # charged on top of its whole boundary: the part of it that is not saved (its
-        # outputs) differs between its plans, so it is not taken off
-        # (a run right after one of its own gets its outputs, which its boundary counts)
-        later = max((other[t] + (terms.bare[t] if runs[t - 1] == i else terms.need[t])
-                     for t in range(mine[0] + 1, len(runs)) if runs[t] != i), default=base)
-        out.append(Coupling(base, max(0, later - base), max(0, grads_after), len(mine),
-                            max(0, inputs)))
-    return out
-
-
-def own_peak(use: GraphUse, coupling: Coupling) -> int:
-    """A graph's peak with what the graphs after it add (those before it: `held_before`)
-    and what its other runs in flight hold."""
-    return (use.copies - 1) * use.held_bytes + max(
-        use.fwd_peak_bytes + coupling.inputs, use.bwd_peak_bytes + coupling.grads_after,
-        use.boundary_bytes + coupling.later_need)
 
 
 class Agreement(Protocol):
@@ -268,7 +143,8 @@ class Step:
         self.in_flight = 0  # runs of its graphs whose backward has not run yet
         self.agreement: Agreement | None = None  # set where ranks must plan alike
         self._runs: dict[str, Runs] = {}
-        # NOTE [The step's runs]: the training runs of the last step, forward order, once seen
+        # the training runs of the last step, forward order, once seen (NOTE [The step's runs]
+        # in fxopt/step_runs.py)
         self._run_order: list[str] | None = None
         self._wave: list[str] = []  # the runs of the step in progress
         self._signatures: dict[str, Any] = {}  # each graph's input shapes, by key
@@ -323,28 +199,31 @@ class Step:
         forward peak sits on top of every graph's saved tensors, where an eager loss runs)."""
         return [GraphUse(0, self.unplanned_bytes, 0, 0)] if self.unplanned_bytes > 0 else []
 
-    def _indexed(self, entries: Sequence[_Entry]) -> list[int] | None:
-        """The step's runs as indices into `entries` (NOTE [The step's runs]; None: not seen
+    def _indexed(self, keys: Sequence[str]) -> list[int] | None:
+        """The step's runs as indices into `keys` (NOTE [The step's runs]; None: not seen
         yet). Runs of graphs not among them are left out."""
         if self._run_order is None:
             return None
-        where = {e.key: i for i, e in enumerate(entries)}
+        where = {k: i for i, k in enumerate(keys)}
         return [where[k] for k in self._run_order if k in where]
 
     def _coupling(self, key: str, own: GraphUse) -> Coupling:
         """Graph `key`'s coupling to the planned graphs around it (its own use: `own`)."""
-        order = [e for e in self._entries if (e.use is not None and e in self._live())
-                 or e.key == key]
-        uses = [own if e.key == key else e.use for e in order]
+        live = {e.key for e in self._live()}
+        graphs = [e for e in self._entries
+                  if (e.use is not None and e.key in live) or e.key == key]
+        keys = [e.key for e in graphs]
+        uses = [own if e.key == key else e.use for e in graphs]
         mine = [u for u in uses if u is not None] + self._tail()
-        return couplings(mine, self._indexed(order))[[e.key for e in order].index(key)]
+        return couplings(mine, self._indexed(keys))[keys.index(key)]
 
-    def _planned(self) -> tuple[list[_Entry], list[GraphUse], list[int] | None]:
-        """The planned graphs, their uses with the memory outside the graphs as one more after
-        the last (`_tail`), and the step's runs among them."""
+    def _planned(self, tail: bool = True
+                 ) -> tuple[list[_Entry], list[GraphUse], list[int] | None]:
+        """The planned graphs, their uses (with `tail`, the memory outside the graphs as one
+        more after the last: `_tail`), and the step's runs among them."""
         planned = [e for e in self._live() if e.use is not None]
-        uses = [e.use for e in planned if e.use is not None] + self._tail()
-        return planned, uses, self._indexed(planned)
+        uses = [e.use for e in planned if e.use is not None] + (self._tail() if tail else [])
+        return planned, uses, self._indexed([e.key for e in planned])
 
     def share(self, key: str, keep: GraphUse, default: GraphUse | None) -> Share:
         """The budget graph `key` is planned against, given what it holds keeping everything
@@ -417,7 +296,7 @@ class Step:
         on the safe side (NOTE [The step's runs]), the step counts them exactly."""
         with self._lock:
             budget = self.options.budget
-            if budget is not None and budget.nbytes is not None and len(self._entries) > 1 \
+            if budget is not None and budget.nbytes is not None and len(self._live()) > 1 \
                     and self._predicted() <= budget.nbytes * (1 + TOLERANCE) \
                     - self.options.resident:
                 return None
@@ -568,10 +447,9 @@ class Step:
         every graph's saved ones): `peak` less the step's predicted live bytes at that point.
         The excess over the predicted peak would be too little where the prediction peaks
         elsewhere, in a backward."""
-        planned = [e for e in self._live() if e.use is not None]
-        uses = [e.use for e in planned if e.use is not None]
+        _, uses, order = self._planned(tail=False)
         # with `peak` outside, the point after the forwards dominates: its bytes are the rest
-        at_turn = step_peak([*uses, GraphUse(0, peak, 0, 0)], self._indexed(planned)) - peak
+        at_turn = step_peak([*uses, GraphUse(0, peak, 0, 0)], order) - peak
         return max(0, peak - self.options.reserved - at_turn)
 
     def _step_budget(self) -> int | None:
@@ -585,7 +463,8 @@ class Step:
     def _keep_peak(self) -> int:
         """The step's predicted peak with every graph keeping everything."""
         kept = [e for e in self._live() if e.keep is not None]
-        return step_peak([e.keep for e in kept if e.keep is not None], self._indexed(kept))
+        return step_peak([e.keep for e in kept if e.keep is not None],
+                         self._indexed([e.key for e in kept]))
 
     def _graphs_budget(self) -> int | None:
         """What the compiled graphs may use: the step's budget less `Options.reserved`."""
@@ -641,10 +520,8 @@ class Step:
     def run_order(self, keys: Sequence[str]) -> tuple[int, ...] | None:
         """The step's runs as indices into `keys` (None: not seen yet)."""
         with self._lock:
-            if self._run_order is None:
-                return None
-            where = {k: i for i, k in enumerate(keys)}
-            return tuple(where[k] for k in self._run_order if k in where)
+            runs = self._indexed(keys)
+            return None if runs is None else tuple(runs)
 
     def other_graph(self, key: str, signature: Any) -> bool:
         """Whether a graph compiled for inputs of `signature` is another graph than `key`'s
@@ -652,11 +529,8 @@ class Step:
         fxopt/runs.py). Records the signature of `key`'s graph otherwise."""
         with self._lock:
             runs = self._runs.get(key)
-            known = self._signatures.setdefault(key, signature)
-            if runs is None or runs.in_flight == 0 or known == signature:
-                self._signatures[key] = signature
-                return False
-            return True
+            return is_other_graph(self._signatures, key, signature,
+                                  runs is not None and runs.in_flight > 0)
 
     def copies(self, key: str) -> int:
         with self._lock:

@@ -19,7 +19,8 @@ from fxopt.report.html import render_html, timeline_svg
 from fxopt.report.model import Report, SavedTensor, Stage, TensorRow, Timeline
 from fxopt.report.text import ascii_timeline, bucket_max, render_text
 from fxopt.solver.problem import Candidate, Problem
-from fxopt.step import Coupling, GraphUse, Share
+from fxopt.step import Share
+from fxopt.step_runs import Coupling, GraphUse
 
 
 def _forward(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -19,7 +19,8 @@ import torch.nn as nn
 import fxopt
 from fxopt.config import Options
 from fxopt.solver import InfeasibleBudgetError
-from fxopt.step import Coupling, GraphUse, Step, couplings, own_peak, step_peak
+from fxopt.step import Step
+from fxopt.step_runs import Coupling, GraphUse, couplings, own_peak, step_peak
 from tests import zoo
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from fxopt.config import Options, format_bytes
 from fxopt.plan import Kind, LowbitFormat, Plan, Status
-from fxopt.step import Coupling, GraphUse, step_peak
+from fxopt.step_runs import Coupling, GraphUse, step_peak
 
 if TYPE_CHECKING:  # the planning's record; the pipeline imports this module, not the reverse
     from fxopt.pipeline import Planned
@@ -208,7 +208,7 @@ class StepReport:
     `graph_count` counts every graph Dynamo built, including any that needs no backward (those
     have no report). `peak_bytes` estimates the step's peak: each graph's predicted peak on top
     of the saved tensors of the graphs before it, which are still held while it runs (forward
-    in order, backward in reverse; `fxopt.step.step_peak`)."""
+    in order, backward in reverse; `fxopt.step_runs.step_peak`)."""
 
     graphs: tuple[Report, ...]
     graph_count: int
