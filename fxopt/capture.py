@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,6 @@ import torch.fx as fx
 import torch.nn as nn
 
 from fxopt.compat import (
-    FakeTensorMode,
     aot_autograd,
     autograd_cache_off,
     backend_compiler_failed,
@@ -32,7 +32,9 @@ from fxopt.compat import (
     select_decomp_table,
     set_inductor_fake_mode,
 )
+from fxopt.outside import StorageTimeline, TrackedFakeMode
 from fxopt.runs import InFlight, distinct_key, is_other_graph, signature
+from fxopt.step_runs import Outside
 
 PartitionFn = Callable[..., tuple[fx.GraphModule, fx.GraphModule]]
 LossFn = Callable[..., torch.Tensor]  # loss_fn(output, *targets) -> scalar
@@ -121,10 +123,12 @@ class CaptureBackend:
     runs of each training graph in flight at once (NOTE [Counting runs] in fxopt/runs.py)."""
 
     def __init__(self, partition: PartitionFn, key_of: Callable[[], str] = lambda: "graph",
-                 pass_key: bool = False) -> None:
+                 pass_key: bool = False, timeline: StorageTimeline | None = None) -> None:
         """`key_of()`: the frame being compiled (`fxopt.hook.graph_key`); each training graph
         gets a key from it (NOTE [Graphs of one frame] in fxopt/runs.py), which `partition`
-        is given as `key=` with `pass_key`."""
+        is given as `key=` with `pass_key`. `timeline`: told where the training runs are
+        (NOTE [Memory outside the graphs] in fxopt/outside.py)."""
+        self.timeline = timeline
         self.partitions = 0
         # the runs of each training graph, by its key: a frame compiled again (other guards)
         # with no run in flight is the same graph of the step, as the backend counts it
@@ -134,42 +138,72 @@ class CaptureBackend:
         self.order: list[str] = []  # the training runs, forward order (NOTE [The step's runs])
         self.most = 0  # the most runs in flight at once
         self.signatures: dict[str, tuple] = {}  # each graph's input shapes, by key
+        self.saved: dict[str, int] = {}  # how many values each forward saves, by key
 
         def counted(*args: Any, **kwargs: Any) -> tuple[fx.GraphModule, fx.GraphModule]:
             self.partitions += 1
-            return partition(*args, **({"key": self.key} if pass_key else {}), **kwargs)
+            fwd, bwd = partition(*args, **({"key": self.key} if pass_key else {}), **kwargs)
+            self.saved[self.key] = sum(1 for n in bwd.graph.find_nodes(op="placeholder")
+                                       if not n.name.startswith("tangents"))
+            return fwd, bwd
 
         self.partition: PartitionFn = counted
         self.graphs = 0
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
         self.graphs += 1
-        boxed = lambda g, _inputs: make_boxed_func(g)  # noqa: E731 - runs on fake tensors
-        inner = aot_autograd(
-            fw_compiler=boxed, bw_compiler=boxed, inference_compiler=boxed,
-            partition_fn=inductor_partition_with(self.partition),
-            decompositions=select_decomp_table())
         before = self.partitions
         shapes = signature(example_inputs)
-
-        self.key = distinct_key(self.key_of(), lambda k: is_other_graph(
+        self.key = key = distinct_key(self.key_of(), lambda k: is_other_graph(
             self.signatures, k, shapes, k in self.in_flight and self.in_flight[k].now > 0))
+        tl = self.timeline
+        boxed = lambda g, _inputs: make_boxed_func(g)  # noqa: E731 - runs on fake tensors
+        fw, bw = boxed, boxed
+        if tl is not None:
+            fw = lambda g, _inputs: _boxed(make_boxed_func(g), lambda _a: None,  # noqa: E731
+                                           lambda _t, out: tl.forward_raw(out, self.saved[key]))
+            bw = lambda g, _inputs: _boxed(  # noqa: E731
+                make_boxed_func(g), lambda args: tl.backward_start(key, args), tl.backward_end)
+        inner = aot_autograd(
+            fw_compiler=fw, bw_compiler=bw, inference_compiler=boxed,
+            partition_fn=inductor_partition_with(self.partition),
+            decompositions=select_decomp_table())
         # Inductor's joint-graph passes read the fake mode from its virtualized state.
         with set_inductor_fake_mode(detect_fake_mode(example_inputs)), autograd_cache_off():
             run = inner(gm, example_inputs)
+        if tl is not None:  # what the compile left in cycles is not the step's memory
+            gc.collect()
         if self.partitions == before:  # no backward: nothing held
             return run
-        key = self.key
         runs = self.in_flight.setdefault(key, InFlight())
 
         def counted_run(*args: Any) -> Any:
+            t = tl.forward_start(key) if tl is not None else 0
             out = run(*args)
-            if runs.started(out):
+            started = runs.started(out)
+            if tl is not None:
+                tl.forward_end(t, out, started)
+            if started:
                 self.order.append(key)
                 self.most = max(self.most, sum(r.now for r in self.in_flight.values()))
             return out
 
         return counted_run
+
+
+def _boxed(run: Callable[[list], Any], before: Callable[[list], Any],
+           after: Callable[[Any, Any], Any]) -> Callable[[list], Any]:
+    """A boxed function (arguments as a list, which it may clear) that calls `before(args)`
+    and `after(what before returned, outputs)` around `run`; `after` may return the outputs
+    to hand on instead (None: the same)."""
+    def call(args: list) -> Any:
+        token = before(args)
+        out = run(args)
+        new = after(token, out)
+        return out if new is None else new
+
+    call._boxed_call = True  # type: ignore[attr-defined]
+    return call
 
 
 @dataclass(frozen=True)
@@ -179,6 +213,9 @@ class Captured:
     # the training runs in forward order, every forward before the first backward (NOTE [The
     # step's runs] in fxopt/step_runs.py); None where backwards came between
     order: tuple[str, ...] | None = None
+    # the memory outside the graphs along those runs (NOTE [Memory outside the graphs] in
+    # fxopt/outside.py); None where the order is
+    outside: Outside | None = None
 
 
 def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any],
@@ -194,8 +231,9 @@ def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any]
         raise ValueError("the model has no parameter that requires grad: there is no backward "
                          "pass to plan")
     loss_of = loss_fn or default_loss
-    mode = FakeTensorMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True)
-    backend = CaptureBackend(partition, key_of, pass_key=True)
+    timeline = StorageTimeline()
+    mode = TrackedFakeMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True, timeline=timeline)
+    backend = CaptureBackend(partition, key_of, pass_key=True, timeline=timeline)
     fake = functools.partial(fake_input, mode=mode, device=device)
     args = [fake(x) for x in inputs]
     kw = {k: fake(v) for k, v in kwargs.items()}
@@ -204,15 +242,21 @@ def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any]
     try:
         with _faked(model, mode, device), _no_real_tensors(mode):
             compiled = torch.compile(model, backend=backend)
+            timeline.existing([*model.parameters(), *model.buffers(), args, kw, fake_targets])
             with mode:
+                timeline.start()
                 loss = loss_of(compiled(*args, **kw), *fake_targets)
                 if not isinstance(loss, torch.Tensor) or loss.dim() != 0:
                     raise TypeError("loss_fn must return a scalar tensor")
                 loss.backward()
+                del loss
+                timeline.stop()
     finally:
         dynamo_reset()
     order = tuple(backend.order) if backend.most == len(backend.order) else None
-    return Captured(backend.graphs, {k: r.most for k, r in backend.in_flight.items()}, order)
+    outside = timeline.outside() if order is not None else None
+    return Captured(backend.graphs, {k: r.most for k, r in backend.in_flight.items()}, order,
+                    outside)
 
 
 @contextlib.contextmanager

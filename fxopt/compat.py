@@ -241,3 +241,13 @@ def outside_tracing() -> Any:
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     return unset_fake_temporarily()
+
+
+def in_backward() -> bool:
+    """Whether the autograd engine is running a backward in this thread."""
+    return torch._C._current_graph_task_id() != -1
+
+
+def weak_id_dict() -> Any:
+    """A dictionary keyed by object identity that does not keep its keys alive (storages)."""
+    return torch.utils.weak.WeakIdKeyDictionary()

@@ -67,6 +67,8 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
             step.saw_copies(key, most)
     if captured.order is not None:  # NOTE [The step's runs] in fxopt/step_runs.py
         step.saw_order(captured.order)
+    if captured.outside is not None:  # NOTE [Memory outside the graphs] in fxopt/outside.py
+        step.saw_outside(captured.outside)
     # NOTE [Step budgets]: graphs that a later one left too little room are planned again,
     # as the backend recompiles them at their next call.
     for _ in range(MAX_REPLANS):
@@ -80,6 +82,7 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
     result = StepReport(reports, count, time.perf_counter() - t0,
                         copies=tuple(step.copies(k) for k in found),
                         order=step.run_order(list(found)),
+                        outside=step.outside(list(found)),
                         reserved_bytes=opts.reserved)
     if not result.graphs:
         raise RuntimeError(f"Dynamo built {count} graph(s) for this step but none needs a "

@@ -221,7 +221,9 @@ class _Solving:
             try:
                 plan = _solve(problem, budget, self.solver_options, self.agree)
             except InfeasibleBudgetError as err:
-                return best, err
+                # without its traceback: its frames would hold the compile's inputs (the
+                # caller's tensors of the first step) until the garbage collector runs
+                return best, err.with_traceback(None)
             applied = apply_plan(self.gm, plan, num_fwd_outputs=self.num_fwd_outputs,
                                  static_lifetime_input_indices=self.static,
                                  step_names=built.step_nodes,

@@ -62,7 +62,7 @@ from typing import Any, Protocol
 
 from fxopt.config import Options
 from fxopt.runs import is_other_graph
-from fxopt.step_runs import Coupling, GraphUse, couplings, own_peak, step_peak
+from fxopt.step_runs import Coupling, GraphUse, Outside, couplings, own_peak, step_peak
 
 MAX_REPLANS = 2
 TOLERANCE = 0.05  # how far a plan may simulate above a size the user gave
@@ -146,6 +146,9 @@ class Step:
         # the training runs of the last step, forward order, once seen (NOTE [The step's runs]
         # in fxopt/step_runs.py)
         self._run_order: list[str] | None = None
+        # the memory outside the graphs along those runs, where explain's fake step saw it
+        # (NOTE [Memory outside the graphs] in fxopt/outside.py)
+        self._outside_runs: Outside | None = None
         self._wave: list[str] = []  # the runs of the step in progress
         self._signatures: dict[str, Any] = {}  # each graph's input shapes, by key
         self._compiles_before = 0  # `compiles` when the step in progress began
@@ -202,10 +205,23 @@ class Step:
     def _indexed(self, keys: Sequence[str]) -> list[int] | None:
         """The step's runs as indices into `keys` (NOTE [The step's runs]; None: not seen
         yet). Runs of graphs not among them are left out."""
+        return self._runs_of(keys)[0]
+
+    def _runs_of(self, keys: Sequence[str], planning: bool = False
+                 ) -> tuple[list[int] | None, Outside | None]:
+        """`_indexed(keys)`, and the memory outside the graphs along those runs; where it is
+        for `planning`, only under a size (NOTE [Memory outside the graphs] in
+        fxopt/outside.py: a fraction is planned as the backend plans it, which does not see
+        that memory)."""
         if self._run_order is None:
-            return None
+            return None, None
         where = {k: i for i, k in enumerate(keys)}
-        return [where[k] for k in self._run_order if k in where]
+        kept = [t for t, k in enumerate(self._run_order) if k in where]
+        budget = self.options.budget
+        sized = budget is not None and budget.nbytes is not None
+        outside = None if self._outside_runs is None or (planning and not sized) else \
+            self._outside_runs.of_runs(kept)
+        return [where[self._run_order[t]] for t in kept], outside
 
     def _coupling(self, key: str, own: GraphUse) -> Coupling:
         """Graph `key`'s coupling to the planned graphs around it (its own use: `own`)."""
@@ -215,15 +231,16 @@ class Step:
         keys = [e.key for e in graphs]
         uses = [own if e.key == key else e.use for e in graphs]
         mine = [u for u in uses if u is not None] + self._tail()
-        return couplings(mine, self._indexed(keys))[keys.index(key)]
+        return couplings(mine, *self._runs_of(keys, planning=True))[keys.index(key)]
 
-    def _planned(self, tail: bool = True
-                 ) -> tuple[list[_Entry], list[GraphUse], list[int] | None]:
-        """The planned graphs, their uses (with `tail`, the memory outside the graphs as one
-        more after the last: `_tail`), and the step's runs among them."""
+    def _planned(self, tail: bool = True, planning: bool = False
+                 ) -> tuple[list[_Entry], list[GraphUse], list[int] | None, Outside | None]:
+        """The planned graphs, their uses (with `tail`, the measured memory outside the
+        graphs as one more after the last: `_tail`), the step's runs among them and the
+        memory outside the graphs along those runs (see `_runs_of` for `planning`)."""
         planned = [e for e in self._live() if e.use is not None]
         uses = [e.use for e in planned if e.use is not None] + (self._tail() if tail else [])
-        return planned, uses, self._indexed([e.key for e in planned])
+        return planned, uses, *self._runs_of([e.key for e in planned], planning)
 
     def share(self, key: str, keep: GraphUse, default: GraphUse | None) -> Share:
         """The budget graph `key` is planned against, given what it holds keeping everything
@@ -277,9 +294,9 @@ class Step:
                 return e.default is not None and own_peak(u, c) > own_peak(e.default, c)
             return c.held_before + own_peak(u, c) > step_budget
 
-        planned, uses, order = self._planned()
+        planned, uses, order, outside = self._planned(planning=True)
         stale = []
-        for e, u, c in zip(planned, uses, couplings(uses, order)):
+        for e, u, c in zip(planned, uses, couplings(uses, order, outside)):
             if e.key == skip or e.replans >= MAX_REPLANS or c == e.planned_with:
                 continue
             if unfit(e, u, c):
@@ -417,8 +434,8 @@ class Step:
 
     def _predicted(self) -> int:
         """The step's predicted peak, with the memory reserved outside the graphs."""
-        _, uses, order = self._planned()
-        return step_peak(uses, order) + self.options.reserved
+        _, uses, order, outside = self._planned()
+        return step_peak(uses, order, outside) + self.options.reserved
 
     def measured(self, peak: int) -> list[str]:
         """Takes the measured peak of one step; under a size as budget, the first excess over
@@ -447,7 +464,7 @@ class Step:
         every graph's saved ones): `peak` less the step's predicted live bytes at that point.
         The excess over the predicted peak would be too little where the prediction peaks
         elsewhere, in a backward."""
-        _, uses, order = self._planned(tail=False)
+        _, uses, order, _ = self._planned(tail=False)
         # with `peak` outside, the point after the forwards dominates: its bytes are the rest
         at_turn = step_peak([*uses, GraphUse(0, peak, 0, 0)], order) - peak
         return max(0, peak - self.options.reserved - at_turn)
@@ -464,7 +481,7 @@ class Step:
         """The step's predicted peak with every graph keeping everything."""
         kept = [e for e in self._live() if e.keep is not None]
         return step_peak([e.keep for e in kept if e.keep is not None],
-                         self._indexed([e.key for e in kept]))
+                         *self._runs_of([e.key for e in kept], planning=True))
 
     def _graphs_budget(self) -> int | None:
         """What the compiled graphs may use: the step's budget less `Options.reserved`."""
@@ -516,6 +533,26 @@ class Step:
         with self._lock:
             self._wave, self._wave_most = list(keys), len(keys)
         return self.step_done()
+
+    def saw_outside(self, outside: Outside) -> list[str]:
+        """The memory outside the graphs along the step's runs (`fxopt.explain`'s fake step;
+        NOTE [Memory outside the graphs] in fxopt/outside.py). Returns the graphs that no
+        longer fit the budget beside it."""
+        with self._lock:
+            if self._run_order is None or len(outside.forward) != len(self._run_order):
+                return []
+            self._outside_runs = outside
+            budget = self.options.budget
+            if budget is None or budget.nbytes is None:
+                return []  # planned without it (`_runs_of`): only the prediction changes
+            for e in self._entries:
+                e.planned_with = None  # re-checked whatever their coupling
+            return self._mark_unfit(skip=None)
+
+    def outside(self, keys: Sequence[str]) -> Outside | None:
+        """The memory outside the graphs along the runs of `run_order(keys)`."""
+        with self._lock:
+            return self._runs_of(keys)[1]
 
     def run_order(self, keys: Sequence[str]) -> tuple[int, ...] | None:
         """The step's runs as indices into `keys` (None: not seen yet)."""

@@ -37,6 +37,26 @@ class GraphUse:
         return max(self.fwd_peak_bytes, self.bwd_peak_bytes)
 
 
+@dataclass(frozen=True)
+class Outside:
+    """Memory that no graph plans (eager code between and after the graphs), per run of the
+    step in forward order (NOTE [Memory outside the graphs] in fxopt/outside.py)."""
+
+    forward: tuple[int, ...] = ()  # alive during run t's forward, beside its inputs
+    after: tuple[int, ...] = ()  # the most after its forward until the next run, beside its
+    # boundary
+    backward: tuple[int, ...] = ()  # the most from the backward after it to its own end,
+    # beside the gradients of the runs after it
+    before: int = 0  # the most before the first run
+    end: int = 0  # the most after the last backward, beside every gradient
+
+    def of_runs(self, kept: Sequence[int]) -> Outside:
+        """Only the runs at positions `kept`."""
+        pick = lambda xs: tuple(xs[t] for t in kept)  # noqa: E731
+        return Outside(pick(self.forward), pick(self.after), pick(self.backward),
+                       self.before, self.end)
+
+
 # NOTE [The step's runs]
 # The step runs its training graphs' forwards in an order (`runs`: indices into the graphs'
 # uses, one per run) and their backwards in reverse. Blocks that share one compiled graph
@@ -48,7 +68,10 @@ class GraphUse:
 # the previous run's outputs (its boundary less its saved bytes) are live during run t's
 # forward (I_t), and after that they are saved tensors of run t or freed, not carried to the
 # end of the step. The step's peak is the largest over runs of
-# H_t + max(I_t + forward peak, boundary, backward peak + G_t).
+# H_t + max(I_t + forward peak, boundary, backward peak + G_t). Memory outside the graphs,
+# where explain's fake step measured it (`Outside`), adds to each term: during the forward,
+# after it (on the boundary), during the backward; and before the first run and after the last
+# backward (beside every gradient) on its own.
 def runs_of(uses: Sequence[GraphUse], order: Sequence[int] | None = None) -> list[int]:
     """The step's training runs in forward order, as indices into `uses` (NOTE [The step's
     runs]): `order` as the step ran them, or each graph's `copies` in turn; a graph absent from
@@ -57,6 +80,10 @@ def runs_of(uses: Sequence[GraphUse], order: Sequence[int] | None = None) -> lis
     seen = set(runs)
     runs += [i for i, u in enumerate(uses) if i not in seen for _ in range(u.copies)]
     return runs
+
+
+def _nth(values: tuple[int, ...], t: int) -> int:
+    return values[t] if t < len(values) else 0
 
 
 def _outputs(use: GraphUse) -> int:
@@ -77,7 +104,8 @@ class _Runs:
     bare: list[int]  # its need without its inputs
 
 
-def _run_terms(uses: Sequence[GraphUse], runs: list[int]) -> _Runs:
+def _run_terms(uses: Sequence[GraphUse], runs: list[int], outside: Outside | None = None
+               ) -> _Runs:
     held, total = [], 0
     for r in runs:
         held.append(total)
@@ -86,29 +114,41 @@ def _run_terms(uses: Sequence[GraphUse], runs: list[int]) -> _Runs:
     for t in range(len(runs) - 1, -1, -1):
         grads[t] = total
         total += uses[runs[t]].grad_bytes
-    inputs = [_outputs(uses[runs[t - 1]]) if t else 0 for t in range(len(runs))]
-    bare = [max(uses[r].fwd_peak_bytes, uses[r].boundary_bytes, uses[r].bwd_peak_bytes + g)
-            for r, g in zip(runs, grads)]
+    o = outside or Outside()
+    # the outside memory joins the inputs on the forward and the gradients on the backward
+    inputs = [(_outputs(uses[runs[t - 1]]) if t else 0) + _nth(o.forward, t)
+              for t in range(len(runs))]
+    grads = [g + _nth(o.backward, t) for t, g in enumerate(grads)]
+    bare = [max(uses[r].fwd_peak_bytes + _nth(o.forward, t),
+                uses[r].boundary_bytes + _nth(o.after, t), uses[r].bwd_peak_bytes + g)
+            for t, (r, g) in enumerate(zip(runs, grads))]
     need = [max(i + uses[r].fwd_peak_bytes, b) for r, i, b in zip(runs, inputs, bare)]
     return _Runs(runs, held, inputs, grads, need, bare)
 
 
-def step_peak(uses: Sequence[GraphUse], order: Sequence[int] | None = None) -> int:
+def step_peak(uses: Sequence[GraphUse], order: Sequence[int] | None = None,
+              outside: Outside | None = None) -> int:
     """The predicted peak of a step of these graphs (NOTE [The step's runs])."""
-    terms = _run_terms(uses, runs_of(uses, order))
-    return max((h + n for h, n in zip(terms.held, terms.need)), default=0)
+    runs = runs_of(uses, order)
+    terms = _run_terms(uses, runs, outside)
+    ends = (0, 0) if outside is None else (
+        outside.before, outside.end + sum(uses[r].grad_bytes for r in runs))
+    return max(max((h + n for h, n in zip(terms.held, terms.need)), default=0), *ends)
 
 
-def couplings(uses: Sequence[GraphUse], order: Sequence[int] | None = None) -> list[Coupling]:
+def couplings(uses: Sequence[GraphUse], order: Sequence[int] | None = None,
+              outside: Outside | None = None) -> list[Coupling]:
     """The coupling of every graph of a step, such that `held_before + own_peak(use,
     coupling)` bounds the need of every run that its plan bears on (NOTE [The step's runs]):
     its own runs, and the runs after its first, during which it holds saved tensors. Its
     saved bytes are the Problem's to decide; the rest is fixed: the other graphs' saved bytes
     before its last run (`held_before`), its other runs' saved bytes (`copies - 1` of them),
-    its inputs during its forwards, and on top of its boundary what the later runs need.
+    its inputs during its forwards, and on top of its boundary what the later runs need; with
+    the memory outside the graphs (`outside`) during its runs and theirs.
     Safe: the later runs are charged with its whole boundary, not only its saved bytes, and
     where other graphs' runs come between its own, with all its other runs' saved bytes."""
-    terms = _run_terms(uses, runs := runs_of(uses, order))
+    terms = _run_terms(uses, runs := runs_of(uses, order), outside)
+    after = (outside or Outside()).after
     out = []
     for i, u in enumerate(uses):
         mine = [t for t, r in enumerate(runs) if r == i]
@@ -125,6 +165,8 @@ def couplings(uses: Sequence[GraphUse], order: Sequence[int] | None = None) -> l
         # (a run right after one of its own gets its outputs, which its boundary counts)
         later = max((other[t] + (terms.bare[t] if runs[t - 1] == i else terms.need[t])
                      for t in range(mine[0] + 1, len(runs)) if runs[t] != i), default=base)
+        # the memory outside the graphs after its own forwards
+        later = max([later] + [other[t] + after[t] for t in mine if t < len(after)])
         out.append(Coupling(base, max(0, later - base), max(0, grads_after), len(mine),
                             max(0, inputs)))
     return out

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from fxopt.config import Options, format_bytes
 from fxopt.plan import Kind, LowbitFormat, Plan, Status
-from fxopt.step_runs import Coupling, GraphUse, step_peak
+from fxopt.step_runs import Coupling, GraphUse, Outside, step_peak
 
 if TYPE_CHECKING:  # the planning's record; the pipeline imports this module, not the reverse
     from fxopt.pipeline import Planned
@@ -222,6 +222,9 @@ class StepReport:
     # the training runs in forward order, as indices into `graphs` (NOTE [The step's runs]);
     # None: each graph's copies in turn
     order: tuple[int, ...] | None = None
+    # memory outside the graphs along those runs, from explain's fake step (NOTE [Memory
+    # outside the graphs] in fxopt/outside.py)
+    outside: Outside | None = None
 
     def __len__(self) -> int:
         return len(self.graphs)
@@ -246,7 +249,7 @@ class StepReport:
         runs = [dataclasses.replace(u, copies=c) for u, c in zip(uses, copies)
                 if u is not None]
         tail = [GraphUse(0, self.unplanned_bytes, 0, 0)] if self.unplanned_bytes else []
-        return step_peak(runs + tail, self.order) + self.reserved_bytes
+        return step_peak(runs + tail, self.order, self.outside) + self.reserved_bytes
 
     @property
     def peak_bytes(self) -> int | None:
@@ -261,6 +264,14 @@ class StepReport:
     @property
     def default_peak_bytes(self) -> int | None:
         return self._step_peak([r.default_use for r in self.graphs])
+
+    @property
+    def outside_bytes(self) -> int:
+        """The most that eager code outside the compiled graphs holds at once in explain's fake
+        step, beside what the graphs hold (0: not seen; NOTE [Memory outside the graphs] in
+        fxopt/outside.py)."""
+        o = self.outside
+        return 0 if o is None else max((*o.forward, *o.after, *o.backward, o.before, o.end))
 
     def summary(self) -> str:
         fb = len(self.fallbacks)
@@ -279,6 +290,9 @@ class StepReport:
             note = f"; runs in flight: {', '.join(flight)}{note}"
         if self.reserved_bytes:
             note = f"; {format_bytes(self.reserved_bytes)} reserved outside the graphs{note}"
+        if self.outside_bytes:
+            note = (f"; eager code outside the graphs holds up to "
+                    f"{format_bytes(self.outside_bytes)}{note}")
         source = "fxopt.explain" if any(r.source == "explain" for r in self.graphs) else \
             "fxopt step"
         return (f"{source}: {len(self.graphs)} training graph(s) of {self.graph_count} "
