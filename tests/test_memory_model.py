@@ -343,4 +343,6 @@ def test_a_saved_input_copied_channels_last_counts_once() -> None:
     (report,) = step.graphs
     assert any(s.name.startswith("primals") and s.nbytes == x.nbytes for s in report.saved)
     assert report.timelines[0].live_bytes[0] >= x.nbytes  # the copy, from the first kernel
-    assert step.peak_bytes == report.peak_bytes
+    # the step adds only the eager loss (a scalar and its gradient) to the graph's own peak
+    assert report.peak_bytes <= step.peak_bytes <= report.peak_bytes + step.outside_bytes
+    assert step.outside_bytes <= 16
