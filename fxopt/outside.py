@@ -77,7 +77,6 @@ class StorageTimeline:
         # (tick, segment): segment ("before",), ("after", t), ("backward", t) or ("end",)
         self.samples: list[tuple[int, tuple]] = []
         self.forward_samples: dict[int, int] = {}  # position -> tick just before its forward
-        self._grad_of: dict[int, int] = {}  # storages the backwards returned -> run position
 
     def _next(self) -> int:
         self.tick += 1
@@ -108,30 +107,13 @@ class StorageTimeline:
         self.died[sid] = self._next()
         self._refs.pop(sid, None)
 
-    def saw(self, out: Any, args: Any = ()) -> None:
-        """The outputs of one eager op on `args`: new storages are born, and the point is
-        sampled."""
+    def saw(self, out: Any) -> None:
+        """The outputs of one eager op: new storages are born, and the point is sampled."""
         if not self.on or self.inside:
             return
-        known = len(self.bytes)
-        new = [i for t in tree_leaves(out) if (i := self._sid(t)) is not None and i >= known]
-        if new and self._grad_of:
-            self._copied_grad(new, args)
+        for t in tree_leaves(out):
+            self._sid(t)
         self.sample()
-
-    def _copied_grad(self, new: list[int], args: Any) -> None:
-        """A gradient that a backward returned, copied to a new storage of its size (autograd
-        copies a gradient into `.grad` where it cannot take it over: always, for the fake
-        tensors of this step) is that run's gradient in the new storage."""
-        for t in tree_leaves(args):
-            sid = self._ids.get(s) if (s := _storage(t)) is not None else None
-            if sid is not None and sid in self._grad_of:
-                run = self._grad_of[sid]
-                for i in new:
-                    if self.bytes[i] == self.bytes[sid]:
-                        self.runs[run].grads.add(i)
-                        self._grad_of[i] = run
-                return
 
     def start(self) -> None:
         self.on = True
@@ -219,7 +201,6 @@ class StorageTimeline:
         run.bwd = (run.bwd[0], end)
         # not sampled here: autograd lets go of the run's saved tensors once this returns
         run.grads = {i for x in tree_leaves(grads) if (i := self._sid(x, end)) is not None}
-        self._grad_of.update((i, t) for i in run.grads)
 
     # -- the outside memory --------------------------------------------------------------------
 
@@ -316,5 +297,5 @@ class TrackedFakeMode(FakeTensorMode):
         finally:
             self._depth -= 1
         if not self._depth:
-            self.timeline.saw(out, (args, kwargs))
+            self.timeline.saw(out)
         return out
