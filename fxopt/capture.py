@@ -220,18 +220,20 @@ class Captured:
 
 def capture_step(model: nn.Module, inputs: Sequence[Any], kwargs: dict[str, Any],
                  loss_fn: LossFn | None, targets: Sequence[Any], partition: PartitionFn, *,
-                 device: torch.device, key_of: Callable[[], str] = lambda: "graph"
-                 ) -> Captured:
+                 device: torch.device, key_of: Callable[[], str] = lambda: "graph",
+                 cpu_kernels: bool = True) -> Captured:
     """Runs `loss_fn(torch.compile(model)(*inputs, **kwargs), *targets).backward()` on fake
     tensors, calling `partition(gm, joint_inputs, key=..., **kwargs)` on every joint graph with
-    its key (from `key_of()`, the frame being compiled: `fxopt.hook.graph_key`)."""
+    its key (from `key_of()`, the frame being compiled: `fxopt.hook.graph_key`).
+    `cpu_kernels`: the traced step stands for a CPU step (NOTE [CPU losses keep their
+    elementwise buffer] in fxopt/outside.py)."""
     from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("the model has no parameter that requires grad: there is no backward "
                          "pass to plan")
     loss_of = loss_fn or default_loss
-    timeline = StorageTimeline()
+    timeline = StorageTimeline(cpu_kernels=cpu_kernels and device.type == "cpu")
     mode = TrackedFakeMode(shape_env=ShapeEnv(), allow_non_fake_inputs=True, timeline=timeline)
     backend = CaptureBackend(partition, key_of, pass_key=True, timeline=timeline)
     fake = functools.partial(fake_input, mode=mode, device=device)

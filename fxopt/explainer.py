@@ -56,7 +56,8 @@ def explain(model: nn.Module, *example_inputs: Any, loss_fn: LossFn | None = Non
     plan_on = "cuda" if gpu else None
     t0 = time.perf_counter()
     captured = capture_step(model, example_inputs, dict(kwargs or {}), loss_fn,
-                            tuple(targets), partition, device=device, key_of=graph_key)
+                            tuple(targets), partition, device=device, key_of=graph_key,
+                            cpu_kernels=plan_on is None)
     count = captured.graphs
     # Blocks that share one compiled graph run it several times before its backward: each
     # run holds its saved tensors (NOTE [Counting runs] in fxopt/runs.py), as the backend

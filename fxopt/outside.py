@@ -61,7 +61,10 @@ class _Run:
 class StorageTimeline:
     """Births and deaths of the fake step's storages, and the training runs among them."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_kernels: bool = True) -> None:
+        """`cpu_kernels`: the step runs CPU kernels (NOTE [CPU losses keep their elementwise
+        buffer]); False where a CPU trace stands for a CUDA step."""
+        self.cpu_kernels = cpu_kernels
         self.tick = 0
         self.on = False
         self.stopped = -1  # the tick the step ended at (what dies later was alive to its end)
@@ -107,12 +110,15 @@ class StorageTimeline:
         self.died[sid] = self._next()
         self._refs.pop(sid, None)
 
-    def saw(self, out: Any) -> None:
-        """The outputs of one eager op: new storages are born, and the point is sampled."""
+    def saw(self, out: Any, nbytes: int | None = None) -> None:
+        """The outputs of one eager op: new storages are born (a single output of `nbytes`
+        where given), and the point is sampled."""
         if not self.on or self.inside:
             return
         for t in tree_leaves(out):
-            self._sid(t)
+            sid = self._sid(t)
+            if nbytes is not None and sid is not None:
+                self.bytes[sid] = max(self.bytes[sid], nbytes)
         self.sample()
 
     def start(self) -> None:
@@ -238,7 +244,12 @@ class StorageTimeline:
             if sid in r.outputs:
                 spans.append((r.fwd[1], self.runs[t + 1].fwd[1] if t < last else r.bwd[0]))
             if sid in r.tangents:
-                spans.append((self.born[sid], r.bwd[1]))
+                # held by the autograd call until it returns, after the graph's end: what it
+                # holds then is the graph's, unless it lives on into the next backward
+                later = [q.bwd[0] for q in self.runs if q.bwd[0] > r.bwd[1]]
+                dies = self.died.get(sid, inf)
+                spans.append((self.born[sid], dies if dies <= min(later, default=self.stopped)
+                              else r.bwd[1]))
             if sid in r.grads and self.died.get(sid, inf) > self.stopped:
                 spans.append((r.bwd[1], inf))
         return sorted(spans)
@@ -297,5 +308,32 @@ class TrackedFakeMode(FakeTensorMode):
         finally:
             self._depth -= 1
         if not self._depth:
-            self.timeline.saw(out)
+            self.timeline.saw(out, _loss_buffer(func, args, kwargs)
+                              if self.timeline.cpu_kernels else None)
         return out
+
+
+# NOTE [CPU losses keep their elementwise buffer]
+# Some CPU loss kernels reduce in place: the scalar they return is a view of the elementwise
+# buffer, the size of their input (measured, torch 2.13, reduction mean or sum: mse_loss,
+# smooth_l1_loss, binary_cross_entropy and soft_margin_loss return a 4-byte loss on a 512 KiB
+# storage for a 512 KiB input; l1_loss, huber_loss and cross_entropy do not). The fake kernel
+# returns a 4-byte storage, so the fake step counts the buffer itself for these ops on a CPU
+# step: an eager loss holds it until the step ends (the zoo's in-place MLP: 0.5 MiB).
+_CPU_LOSS_BUFFER = {"mse_loss", "smooth_l1_loss", "binary_cross_entropy", "soft_margin_loss"}
+
+
+def _loss_buffer(func: Any, args: Any, kwargs: Any) -> int | None:
+    """The bytes of the storage a CPU loss kernel returns its reduced loss in (NOTE [CPU losses
+    keep their elementwise buffer]); None for any other op."""
+    schema = getattr(func, "_schema", None)
+    if schema is None or schema.name.removeprefix("aten::") not in _CPU_LOSS_BUFFER:
+        return None
+    names = [a.name for a in schema.arguments]
+    reduction = (kwargs or {}).get("reduction")
+    if reduction is None and "reduction" in names and names.index("reduction") < len(args):
+        reduction = args[names.index("reduction")]
+    if reduction == 0 or not args or not isinstance(args[0], torch.Tensor):
+        return None  # reduction none: the output is the elementwise tensor itself
+    x = args[0]
+    return size_hint(x.numel()) * x.element_size()

@@ -99,3 +99,18 @@ def test_a_size_is_planned_with_the_outside_memory():
     step = _explain(budget=size)
     assert step.outside is not None
     assert step.peak_bytes <= size * 1.01
+
+
+def test_a_cpu_loss_holds_its_elementwise_buffer():
+    """NOTE [CPU losses keep their elementwise buffer]: CPU mse_loss returns its mean on a
+    storage the size of its input, which the loss holds to the end of the step; the fake
+    kernel's 4 bytes are counted as that buffer on a CPU step, not on a CUDA one."""
+    x, y = torch.randn(BATCH, WIDTH), torch.randn(BATCH, WIDTH)
+    real = nn.functional.mse_loss(x, y)
+    assert real.untyped_storage().nbytes() == x.nbytes  # what the rule stands for
+    model = nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Tanh())
+    mse = nn.functional.mse_loss
+    cpu = fxopt.explain(model, x, loss_fn=mse, targets=(y,))
+    assert cpu.outside is not None and cpu.outside.end >= x.nbytes
+    cuda = fxopt.explain(model, x, loss_fn=mse, targets=(y,), device="h100")
+    assert cuda.outside is not None and cuda.outside.end < x.nbytes
