@@ -42,7 +42,7 @@ from fxopt.tensor_meta import size_hint
 # It enters the step's prediction (the reports' peaks, and a size refused by the step). The
 # plans see it only under a size: a fraction is resolved and planned as the backend plans it,
 # which cannot see this memory before it measures a real step (NOTE [Measuring the step in
-# training] in fxopt/meter.py), so that `explain` shows the plans `torch.compile` will run.
+# training] in fxopt/meter.py), so that a fraction means the same budget to both.
 # A storage's bytes are the fake tensor's: a CPU kernel that keeps more behind a small result
 # (an eager mse_loss whose scalar is a view of its elementwise buffer), or scratch memory inside
 # an eager kernel, is not seen.
