@@ -33,7 +33,7 @@ from fxopt.op_memory import (
 )
 from fxopt.opclass import Effect, classify, must_recompute, refusal_for_recompute
 from fxopt.sources import node_source
-from fxopt.tensor_meta import TensorMeta, size_hint, tensor_meta
+from fxopt.tensor_meta import TensorMeta, size_hint, storage_of, tensor_meta
 
 T = TypeVar("T")
 
@@ -275,11 +275,8 @@ def _outputs(val: object) -> tuple[TensorMeta, ...]:
 
 
 def _same_storage(a: object, b: object) -> bool:
-    try:
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-                and StorageWeakRef(a.untyped_storage()) == StorageWeakRef(b.untyped_storage()))
-    except (RuntimeError, NotImplementedError):  # no storage (tensor subclasses): not shared
-        return False
+    sa, sb = storage_of(a), storage_of(b)  # without a storage: not shared
+    return sa is not None and sb is not None and StorageWeakRef(sa) == StorageWeakRef(sb)
 
 
 def _kind(n: fx.Node) -> OpKind:

@@ -10,7 +10,7 @@ import torch
 import torch.fx as fx
 
 from fxopt.compat import is_dense
-from fxopt.tensor_meta import TensorMeta, size_hint, tensor_meta
+from fxopt.tensor_meta import TensorMeta, size_hint, storage_of, tensor_meta
 
 __all__ = ["channels_last_copy", "channels_last_outputs", "fallback_storage", "on_host",
            "workspace_bytes"]
@@ -28,11 +28,12 @@ aten = torch.ops.aten
 # 2.25 MiB slice (measured, RSS per wrapper line). The fake tensor of the output has the same
 # storage, so an extern node counts its output's storage where that is larger.
 def fallback_storage(val: torch.Tensor, meta: TensorMeta) -> TensorMeta:
+    storage = storage_of(val)
+    if storage is None:  # a tensor subclass, a functional wrapper: only its shape is known
+        return meta
     try:
-        span = size_hint(val.untyped_storage().nbytes())
-    except (RuntimeError, NotImplementedError, ValueError):
-        # No storage to read (a tensor subclass, a functional wrapper) or a size without a
-        # hint (unbacked): nothing wider than its shape is known, so the shape's bytes stand.
+        span = size_hint(storage.nbytes())
+    except ValueError:  # a size without a hint (unbacked): the shape's bytes stand
         return meta
     if span <= meta.nbytes_hint:
         return meta

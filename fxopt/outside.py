@@ -13,7 +13,7 @@ import torch
 
 from fxopt.compat import FakeTensorMode, in_backward, tree_leaves, weak_id_dict
 from fxopt.step_runs import Outside
-from fxopt.tensor_meta import size_hint
+from fxopt.tensor_meta import size_hint, storage_of
 
 # NOTE [Memory outside the graphs]
 # Eager code between and after the compiled graphs holds memory that no graph plans: tensorly's
@@ -88,13 +88,13 @@ class StorageTimeline:
     def existing(self, values: Iterable[Any]) -> None:
         """Storages alive before the step (parameters, buffers, inputs): never counted."""
         for t in tree_leaves(list(values)):
-            s = _storage(t)
+            s = storage_of(t)
             if s is not None:
                 self._ids[s] = -1
 
     def _sid(self, t: Any, born: int | None = None) -> int | None:
         """The id of tensor `t`'s storage, registered as born now (or at `born`) if new."""
-        s = _storage(t)
+        s = storage_of(t)
         if s is None:
             return None
         sid = self._ids.get(s)
@@ -163,7 +163,7 @@ class StorageTimeline:
         out = list(raw)
         for i in range(len(out) - saved, len(out)):
             t = out[i]
-            if isinstance(t, torch.Tensor) and _storage(t) is not None:
+            if storage_of(t) is not None:
                 out[i] = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype,
                                              device=t.device)
         self._raw = out[len(out) - saved:]
@@ -279,15 +279,6 @@ class StorageTimeline:
                 i += 1
             out[tick] = total
         return out
-
-
-def _storage(t: Any) -> Any:
-    if not isinstance(t, torch.Tensor) or t.layout is not torch.strided or t.is_nested:
-        return None
-    try:
-        return t.untyped_storage()
-    except (RuntimeError, NotImplementedError):  # a tensor subclass without a storage
-        return None
 
 
 class TrackedFakeMode(FakeTensorMode):

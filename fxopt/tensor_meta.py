@@ -46,6 +46,17 @@ def _dim(d: object) -> tuple[sympy.Expr, int]:
     return sympy.Integer(int(d)), int(d)
 
 
+def storage_of(t: object) -> torch.UntypedStorage | None:
+    """A tensor's storage; None for anything else, and for a tensor without one to read (a
+    sparse tensor, a tensor subclass or functional wrapper: they raise rather than return one)."""
+    if not isinstance(t, torch.Tensor):
+        return None
+    try:
+        return t.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 def size_hint(d: object) -> int:
     """A dimension's concrete size: the int itself, or a SymInt's size hint."""
     return _dim(d)[1]
