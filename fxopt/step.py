@@ -217,9 +217,7 @@ class Step:
             return None, None
         where = {k: i for i, k in enumerate(keys)}
         kept = [t for t, k in enumerate(self._run_order) if k in where]
-        budget = self.options.budget
-        sized = budget is not None and budget.nbytes is not None
-        outside = None if self._outside_runs is None or (planning and not sized) else \
+        outside = None if self._outside_runs is None or (planning and self._size() is None) else \
             self._outside_runs.of_runs(kept)
         return [where[self._run_order[t]] for t in kept], outside
 
@@ -284,10 +282,9 @@ class Step:
         graph that peaks above PyTorch's partition of it beside the graphs around it as they
         are now: a graph planned before the later ones joined did not know the room they need
         after its forward (NOTE [Never above PyTorch's default] in fxopt/partition.py)."""
-        step_budget = self._graphs_budget()
-        if step_budget is not None and self.options.budget is not None \
-                and self.options.budget.nbytes is not None:
-            step_budget += int(self.options.budget.nbytes * tolerance)
+        step_budget, size = self._graphs_budget(), self._size()
+        if step_budget is not None and size is not None:
+            step_budget += int(size * tolerance)
 
         def unfit(e: _Entry, u: GraphUse, c: Coupling) -> bool:
             if step_budget is None:
@@ -312,10 +309,9 @@ class Step:
         own prediction holds the size after all: the graph's Problem bounds the runs around it
         on the safe side (NOTE [The step's runs]), the step counts them exactly."""
         with self._lock:
-            budget = self.options.budget
-            if budget is not None and budget.nbytes is not None and len(self._live()) > 1 \
-                    and self._predicted() <= budget.nbytes * (1 + TOLERANCE) \
-                    - self.options.resident:
+            size = self._size()
+            if size is not None and len(self._live()) > 1 \
+                    and self._predicted() <= size * (1 + TOLERANCE) - self.options.resident:
                 return None
             self.refused[key] = error
             return self._infeasible(error)
@@ -328,12 +324,12 @@ class Step:
         from fxopt.solver import InfeasibleBudgetError
 
         with self._lock:
-            budget = self.options.budget
-            if budget is None or budget.nbytes is None or self._stale:
+            size = self._size()
+            if size is None or self._stale:
                 return None
             resident = self.options.resident
             peak = self._predicted()
-            limit = budget.nbytes * (1 + TOLERANCE) - resident
+            limit = size * (1 + TOLERANCE) - resident
             # A measurement of these very plans (nothing compiled since) is the better judge.
             measured = self.measured_peak_bytes if self._measured_at == self.compiles else None
             if measured is not None and measured > limit:
@@ -345,7 +341,7 @@ class Step:
             # keeping everything, with what was measured outside the graphs on top
             keep = self._keep_peak() + self.unplanned_bytes + self.options.reserved
             return InfeasibleBudgetError(
-                budget.nbytes, peak + resident, False, max(keep, peak) + resident, {},
+                size, peak + resident, False, max(keep, peak) + resident, {},
                 context=f"for the training step of {len(self._live())} graphs, each re-planned "
                         f"as low as it goes beside the others{outside}{self._held_text()}")
 
@@ -447,9 +443,9 @@ class Step:
             predicted = self._predicted()
             self.measured_peak_bytes, self.planned_peak_bytes = peak, predicted
             excess = peak - predicted
-            budget = self.options.budget
-            if excess <= 0 or self.unplanned_bytes or budget is None or budget.nbytes is None \
-                    or peak <= budget.nbytes - self.options.resident:
+            size = self._size()
+            if excess <= 0 or self.unplanned_bytes or size is None \
+                    or peak <= size - self.options.resident:
                 return []
             self.unplanned_bytes = self._outside(peak)
             for e in self._entries:
@@ -468,6 +464,11 @@ class Step:
         # with `peak` outside, the point after the forwards dominates: its bytes are the rest
         at_turn = step_peak([*uses, GraphUse(0, peak, 0, 0)], order) - peak
         return max(0, peak - self.options.reserved - at_turn)
+
+    def _size(self) -> int | None:
+        """The budget in bytes where the user gave a size (a promise), else None."""
+        budget = self.options.budget
+        return None if budget is None else budget.nbytes
 
     def _step_budget(self) -> int | None:
         budget = self.options.budget
@@ -542,8 +543,7 @@ class Step:
             if self._run_order is None or len(outside.forward) != len(self._run_order):
                 return []
             self._outside_runs = outside
-            budget = self.options.budget
-            if budget is None or budget.nbytes is None:
+            if self._size() is None:
                 return []  # planned without it (`_runs_of`): only the prediction changes
             for e in self._entries:
                 e.planned_with = None  # re-checked whatever their coupling
